@@ -1,0 +1,3 @@
+from detnas.cli import main
+
+main()

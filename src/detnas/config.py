@@ -1,0 +1,59 @@
+"""YAML configs validated with pydantic models: unknown keys and bad values are one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from detnas.errors import UserError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    if first["type"] == "extra_forbidden":
+        return f"unknown key '{where}'{more}"
+    return f"{where}: {first['msg']}{more}"
+
+
+def validate(model: type[M], data: dict, source: str | Path) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise UserError(_describe(e), source) from None
+
+
+def load_config(path: str | Path, model: type[M], overrides: dict | None = None) -> M:
+    """Read ``path`` as YAML into ``model``; ``overrides`` (dotted keys) are applied on top."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise UserError("config file not found", path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read config: {e}", path) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"malformed YAML{line}: {getattr(e, 'problem', e)}", path) from None
+    if not isinstance(data, dict):
+        raise UserError("config must be a mapping of keys to values", path)
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return validate(model, data, path)
