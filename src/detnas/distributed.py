@@ -1,10 +1,19 @@
-"""torchrun helpers. Every function also works in a plain single process (no process group)."""
+"""torchrun helpers and a synchronized BatchNorm. Every function also works in a plain single process
+(no process group): collectives become no-ops or identities."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 
 def is_distributed() -> bool:
@@ -23,6 +32,41 @@ def is_main() -> bool:
     return get_rank() == 0
 
 
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def init_distributed(timeout: timedelta | None = None) -> DistInfo:
+    """Join the torchrun job described by RANK/WORLD_SIZE/LOCAL_RANK (nccl on CUDA, gloo on CPU), or
+    run as a single process when those are absent. Calling it again returns the same answer."""
+    cuda = torch.cuda.is_available()
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistInfo(0, 1, 0, torch.device("cuda", 0) if cuda else torch.device("cpu"))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if not is_distributed():
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group(
+            "nccl" if cuda else "gloo", timeout=timeout, device_id=device if cuda else None
+        )
+    return DistInfo(get_rank(), get_world_size(), local_rank, device)
+
+
+def cleanup_distributed() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
 def all_gather_object(obj: Any) -> list[Any]:
     """Every worker's ``obj``, in rank order, on every worker."""
     if not is_distributed():
@@ -30,3 +74,100 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Worker ``src``'s ``obj`` on every worker (``obj`` is ignored elsewhere)."""
+    if not is_distributed():
+        return obj
+    box = [obj if get_rank() == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def allreduce_gradients(params: Iterable[nn.Parameter]) -> None:
+    """Average ``.grad`` over workers in one coalesced all-reduce.
+
+    Used instead of DDP for path-wise training: parameters off the sampled path must keep
+    ``grad is None`` (so SGD applies neither weight decay nor momentum to them), and DDP would
+    fill them with zeros. Every worker trains the same path, so every worker has the same set
+    of gradients, in the same order, which the flat buffer relies on.
+    """
+    if not is_distributed():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)  # SUM then divide: gloo has no ReduceOp.AVG
+    flat /= get_world_size()
+    for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        grad.copy_(synced)
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training-mode statistics cover the whole global batch, on any device.
+
+    ``nn.SyncBatchNorm`` refuses CPU tensors; this one works with gloo. Statistics are computed in two
+    passes (global mean first, then the global sum of squared deviations from it), which costs a
+    second small all-reduce but avoids the cancellation of E[x^2] - E[x]^2 when |mean| >> std. The
+    all-reduces are differentiable, so each worker's input gradient accounts for the other workers'
+    outputs. Single process, or eval mode: exactly ``nn.BatchNorm2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        self._check_input_dim(x)
+        # At least float32 even if autocast hands us half precision; float64 stays float64.
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            xf = x.to(dtype)
+            local_count = xf.new_tensor([xf.numel() // xf.size(1)])
+            summed = dist_nn.all_reduce(torch.cat([xf.sum(dim=(0, 2, 3)), local_count]))
+            count = summed[-1]
+            if count.item() < 2:  # all workers see the same count, so all raise
+                raise ValueError("Expected more than 1 value per channel when training")
+            mean = summed[:-1] / count
+            centered = xf - mean[None, :, None, None]
+            var = dist_nn.all_reduce(centered.square().sum(dim=(0, 2, 3))) / count
+            y = centered * torch.rsqrt(var + self.eps)[None, :, None, None]
+            if self.affine:
+                y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        if self.track_running_stats:
+            self._update_running_stats(mean.detach(), var.detach(), int(count.item()))
+        return y.to(x.dtype)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+        self.num_batches_tracked += 1
+        # Same rule as nn.BatchNorm2d: momentum=None means a cumulative average over batches.
+        factor = 1.0 / self.num_batches_tracked.item() if self.momentum is None else self.momentum
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        unbiased = var * (count / (count - 1))
+        self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device | str) -> nn.Module:
+    """Synchronize every BatchNorm2d of ``module`` across workers: torch's SyncBatchNorm on CUDA,
+    ``SyncBatchNorm2d`` elsewhere. Unchanged when not distributed."""
+    if not is_distributed():
+        return module
+    if torch.device(device).type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _to_sync_bn2d(module)
+
+
+def _to_sync_bn2d(module: nn.Module) -> nn.Module:
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, SyncBatchNorm2d):
+        sync = SyncBatchNorm2d(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
+        # Share (not copy) parameters and buffers, so optimizers and requires_grad flags still apply.
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            setattr(sync, name, tensor)
+        sync.train(module.training)
+        return sync
+    for name, child in module.named_children():
+        module.add_module(name, _to_sync_bn2d(child))
+    return module
