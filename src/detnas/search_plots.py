@@ -1,0 +1,98 @@
+"""Plots of a search: progress per generation and mAP vs FLOPs with the Pareto front (PNG, Agg).
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects (the Agg canvas), so the global pyplot
+backend of the caller is never changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+PROGRESS_PNG = "search_progress.png"
+PARETO_PNG = "search_pareto.png"
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points (flops, map) not dominated by another, by increasing FLOPs.
+
+    A point is dominated when another has FLOPs <= and mAP >= with at least one strict; exact
+    duplicates of a front point are all on the front.
+    """
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1], i))
+    front: list[int] = []
+    best = None
+    for i in order:
+        f, m = points[i]
+        if best is None or m > best[1]:
+            front.append(i)
+            best = (f, m)
+        elif (f, m) == best:
+            front.append(i)
+    return front
+
+
+def progress_curve(history: Sequence[dict], topk: int = 10) -> list[dict]:
+    """Per generation: best and mean top-k mAP of everything evaluated so far, and mean mAP."""
+    gens = sorted({r["generation"] for r in history})
+    out, seen = [], []
+    for g in gens:
+        cur = [r["map"] for r in history if r["generation"] == g]
+        seen = sorted(seen + cur, reverse=True)[:topk]
+        out.append({
+            "generation": g,
+            "best_map": seen[0],
+            "mean_topk_map": sum(seen) / len(seen),
+            "mean_map": sum(cur) / len(cur),
+        })
+    return out
+
+
+def plot_search(history: Sequence[dict], out_dir: str | Path, topk: int = 10) -> list[Path]:
+    """Write ``search_progress.png`` and ``search_pareto.png`` into ``out_dir``; returns the paths."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curve = progress_curve(history, topk)
+
+    fig = Figure(figsize=(6.4, 4.2), dpi=110)
+    ax = fig.add_subplot()
+    gens = [c["generation"] for c in curve]
+    ax.plot(gens, [c["best_map"] for c in curve], "o-", label="best")
+    ax.plot(gens, [c["mean_topk_map"] for c in curve], "s-", label=f"mean top-{topk}")
+    ax.plot(gens, [c["mean_map"] for c in curve], ":", color="gray", label="mean of generation")
+    ax.set_xlabel("generation")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("mAP (search split)")
+    ax.set_title(f"Search progress ({len(history)} architectures)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    progress_path = out_dir / PROGRESS_PNG
+    fig.savefig(progress_path)
+
+    fig = Figure(figsize=(6.4, 4.6), dpi=110)
+    ax = fig.add_subplot()
+    flops = [r["flops"] / 1e6 for r in history]
+    maps = [r["map"] for r in history]
+    sc = ax.scatter(flops, maps, c=[r["generation"] for r in history], cmap="viridis", s=12, alpha=0.7)
+    fig.colorbar(sc, ax=ax, label="generation").locator = MaxNLocator(integer=True)
+    front = pareto_front(list(zip(flops, maps)))
+    ax.step([flops[i] for i in front], [maps[i] for i in front], "r-", where="post", lw=1, alpha=0.8)
+    ax.scatter([flops[i] for i in front], [maps[i] for i in front], facecolors="none", edgecolors="red",
+               s=40, label="Pareto front")
+    if history:
+        b = min(range(len(history)), key=lambda i: (-maps[i], history[i]["arch"]))
+        ax.scatter([flops[b]], [maps[b]], marker="*", s=160, color="orange", edgecolors="k",
+                   label=f"best {history[b]['arch']}", zorder=5)
+    ax.set_xlabel("body FLOPs (M MACs)")
+    ax.set_ylabel("mAP (search split)")
+    ax.set_title("mAP vs FLOPs of evaluated architectures")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    pareto_path = out_dir / PARETO_PNG
+    fig.savefig(pareto_path)
+    return [progress_path, pareto_path]
