@@ -149,7 +149,7 @@ def test_sync_bn_is_stable_in_float32_when_mean_dwarfs_std(job):
     exact = nn.BatchNorm2d(C).double()(_offset_batch().double()).float()
     for rank, seen in enumerate(job):
         assert seen["offset_y"].dtype == torch.float32
-        torch.testing.assert_close(seen["offset_y"], exact[SLICES[rank]], rtol=0, atol=2e-3)
+        torch.testing.assert_close(seen["offset_y"], exact[SLICES[rank]], rtol=0, atol=2e-4)
 
 
 def test_allreduce_gradients_averages_in_one_call_and_keeps_none(job):

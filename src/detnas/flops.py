@@ -85,7 +85,7 @@ class CostTable:
 
     def body_macs_batch(self, archs: np.ndarray) -> np.ndarray:
         """Body MACs of many architectures at once: ``archs`` is (n, num_blocks)."""
-        return self.stem_macs + np.take_along_axis(self.macs.T, archs.T, 0).sum(0)
+        return self.stem_macs + self.macs[np.arange(archs.shape[1]), archs].sum(1)
 
     @property
     def body_range(self) -> tuple[int, int]:

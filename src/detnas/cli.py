@@ -1,0 +1,106 @@
+"""The ``detnas`` command line. Thin: each command parses its arguments and calls one function."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from detnas.errors import UserError
+from detnas.space import PRESETS, SPACES, ArchError, arch_to_str, get_space, parse_arch
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="DetNAS: backbone search for object detection.",
+)
+
+
+def _mflops(v: int) -> str:
+    return f"{v / 1e6:.2f}M"
+
+
+@app.command()
+def space() -> None:
+    """List the search spaces and the named architectures (presets) with their FLOPs at 224x224."""
+    from detnas.flops import arch_cost, cost_table
+
+    print(f"{'space':<8} {'blocks':>6} {'stem':>5} {'channels':<22} {'body FLOPs range':>22}")
+    for name, sp in SPACES.items():
+        lo, hi = cost_table(sp).body_range
+        ch = "/".join(map(str, sp.stage_channels))
+        print(f"{name:<8} {sp.num_blocks:>6} {sp.stem_channels:>5} {ch:<22} {_mflops(lo):>10} - {_mflops(hi):>9}")
+    print()
+    print(f"{'preset':<28} {'space':<11} {'body':>10} {'full':>10} {'params':>8}  arch")
+    for p in PRESETS.values():
+        sp = p.search_space()
+        c = arch_cost(sp, parse_arch(p.arch, sp))
+        print(
+            f"{p.name:<28} {sp.describe():<11} {_mflops(c.body_flops):>10} {_mflops(c.full_flops):>10} "
+            f"{c.full_params / 1e6:>7.2f}M  {p.arch}"
+        )
+
+
+@app.command()
+def flops(
+    arch: Annotated[str, typer.Option(help="digit string, JSON list or preset name")],
+    space_name: Annotated[
+        Optional[str], typer.Option("--space", help="small or large (default: the preset's, or by length)")
+    ] = None,
+    width_mult: Annotated[Optional[float], typer.Option(help="width multiplier (default: the preset's or 1.0)")] = None,
+    input_size: Annotated[int, typer.Option(help="square input size in pixels")] = 224,
+    num_classes: Annotated[int, typer.Option(help="classifier width for the 'full' count")] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """FLOPs (multiply-accumulates) and parameters of one architecture."""
+    from detnas.flops import arch_cost
+
+    if input_size < 32:
+        raise UserError(f"--input-size must be at least 32, got {input_size}")
+    preset = PRESETS.get(arch.strip())
+    name = space_name or (preset.space if preset else None)
+    if name is None:
+        name = next((n for n, sp in SPACES.items() if sp.num_blocks == len(parse_arch(arch))), "small")
+    mult = width_mult if width_mult is not None else (preset.width_mult if preset else 1.0)
+    sp = get_space(name, mult)
+    a = parse_arch(arch, sp)
+    c = arch_cost(sp, a, input_size, num_classes)
+    result = {
+        "arch": arch_to_str(a),
+        "space": name,
+        "width_mult": mult,
+        "input_size": input_size,
+        "body_flops": c.body_flops,
+        "full_flops": c.full_flops,
+        "params": c.full_params,
+        "body_params": c.body_params,
+    }
+    if as_json:
+        print(json.dumps(result))
+        return
+    for k, v in result.items():
+        print(f"{k:<12} {_mflops(v) if k.endswith('flops') else v}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except (UserError, ArchError) as e:
+        print(f"detnas: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.TyperException as e:  # bad command-line arguments
+        if e.format_message():  # empty when help was shown for a bare command
+            print(f"detnas: error: {e.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:
+        print("detnas: aborted", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("detnas: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,53 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "detnas", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_flops_json_has_reference_numbers():
+    r = run_cli("flops", "--space", "small", "--arch", "21202112331300313132", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["arch"] == "21202112331300313132" and out["space"] == "small"
+    assert out["body_flops"] == 288082368 and out["full_flops"] == 321219008
+    assert isinstance(out["params"], int) and out["params"] == 3532072
+
+
+def test_flops_preset_uses_its_space_and_width():
+    out = json.loads(run_cli("flops", "--arch", "detnasnet-3.8g", "--json").stdout)
+    assert out["space"] == "large" and out["width_mult"] == 1.8 and out["body_flops"] > 3.5e9
+
+
+def test_space_lists_every_preset():
+    from detnas.space import PRESETS
+
+    r = run_cli("space")
+    assert r.returncode == 0
+    for name in PRESETS:
+        assert name in r.stdout
+    assert "262.71M" in r.stdout and "288.08M" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["flops", "--arch", "0000"], "spaces have 20 (small), 40 (large)"),
+        (["flops", "--space", "small", "--arch", "0" * 40], "has 40 blocks but the small space has 20"),
+        (["flops", "--space", "huge", "--arch", "0" * 20], "unknown search space 'huge'"),
+        (["flops", "--arch", "0" * 19 + "7"], "digit(s) 7"),
+        (["flops", "--arch", "0" * 20, "--input-size", "abc"], "--input-size"),
+        (["flops"], "Missing option '--arch'"),
+        (["nonsense"], "No such command"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_exit_2(args, message):
+    r = run_cli(*args)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("detnas: error:") and message in lines[0], r.stderr
