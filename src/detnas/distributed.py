@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
+import torch.distributed._functional_collectives as funcol
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
@@ -105,6 +105,12 @@ def allreduce_gradients(params: Iterable[nn.Parameter]) -> None:
         grad.copy_(synced)
 
 
+def _differentiable_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over workers; its backward sums the gradients over workers too. The functional collective
+    is what torch recommends in place of the deprecated torch.distributed.nn.functional.all_reduce."""
+    return funcol.wait_tensor(funcol.all_reduce(t, "sum", dist.group.WORLD))
+
+
 class SyncBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training-mode statistics cover the whole global batch, on any device.
 
@@ -124,18 +130,19 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         with torch.autocast(x.device.type, enabled=False):
             xf = x.to(dtype)
             local_count = xf.new_tensor([xf.numel() // xf.size(1)])
-            summed = dist_nn.all_reduce(torch.cat([xf.sum(dim=(0, 2, 3)), local_count]))
+            summed = _differentiable_sum(torch.cat([xf.sum(dim=(0, 2, 3)), local_count]))
             count = summed[-1]
-            if count.item() < 2:  # all workers see the same count, so all raise
-                raise ValueError("Expected more than 1 value per channel when training")
+            n = int(count.item())
+            if n < 2:  # every worker sees the same global count, so all raise together
+                raise ValueError(f"Expected more than 1 value per channel when training, got {n}")
             mean = summed[:-1] / count
             centered = xf - mean[None, :, None, None]
-            var = dist_nn.all_reduce(centered.square().sum(dim=(0, 2, 3))) / count
+            var = _differentiable_sum(centered.square().sum(dim=(0, 2, 3))) / count
             y = centered * torch.rsqrt(var + self.eps)[None, :, None, None]
             if self.affine:
                 y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
         if self.track_running_stats:
-            self._update_running_stats(mean.detach(), var.detach(), int(count.item()))
+            self._update_running_stats(mean.detach(), var.detach(), n)
         return y.to(x.dtype)
 
     @torch.no_grad()
