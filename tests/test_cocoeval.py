@@ -107,7 +107,8 @@ def test_detections_from_outputs_maps_back_to_original_coordinates():
         {"boxes": torch.tensor([[20.0, 40.0, 60.0, 100.0], [0.0, 0.0, 3.0, 5.0]]),
          "scores": torch.tensor([0.75, 0.5]), "labels": torch.tensor([3, 7])},
         {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)},
-        {"boxes": torch.tensor([[10.0, 10.0, 30.0, 20.0]]), "scores": torch.tensor([0.25]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[10.0, 10.0, 30.0, 20.0]]), "scores": torch.tensor([0.25]),
+         "labels": torch.tensor([1])},
     ]
     targets = [{"image_id": torch.tensor(42), "scale": 2.0}, {"image_id": 5, "scale": 1.0},
                {"image_id": 9, "scale": torch.tensor(0.5)}]

@@ -51,9 +51,7 @@ def init_distributed(timeout: timedelta | None = None) -> DistInfo:
     if not is_distributed():
         if cuda:
             torch.cuda.set_device(device)
-        dist.init_process_group(
-            "nccl" if cuda else "gloo", timeout=timeout, device_id=device if cuda else None
-        )
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout, device_id=device if cuda else None)
     return DistInfo(get_rank(), get_world_size(), local_rank, device)
 
 
