@@ -1,0 +1,91 @@
+"""Tiny on-disk datasets for tests: COCO, Pascal VOC and ImageFolder layouts with random-pixel images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def write_image(path: Path, width: int, height: int, seed: int = 0, mode: str = "RGB") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    channels = 3 if mode == "RGB" else 1
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
+    Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode).save(path)
+    return path
+
+
+def make_coco(
+    root: Path,
+    n_images: int = 4,
+    size: tuple[int, int] = (64, 48),
+    categories: dict[int, str] | None = None,
+    objects: dict[int, list[tuple[int, list[float]]]] | None = None,
+    crowd: dict[int, list[tuple[int, list[float]]]] | None = None,
+) -> tuple[Path, Path]:
+    """``root/images/img<i>.png`` (``size`` = width, height) and ``root/annotations.json``.
+
+    Image ids are 1..n_images. ``objects`` maps an image id to (category id, [x, y, w, h]) pairs;
+    ``crowd`` the same for iscrowd=1 regions. Defaults: categories {1: "cat", 2: "dog"}; image i holds
+    one cat [4i, 2i, 10, 8] and, for odd i, one dog [30, 20, 12, 16]. Returns (ann_file, image_dir).
+    """
+    categories = categories or {1: "cat", 2: "dog"}
+    if objects is None:
+        objects = {i: [(1, [4 * i, 2 * i, 10, 8])] + ([(2, [30, 20, 12, 16])] if i % 2 else [])
+                   for i in range(1, n_images + 1)}
+    image_dir = root / "images"
+    images, annotations = [], []
+    for i in range(1, n_images + 1):
+        write_image(image_dir / f"img{i}.png", *size, seed=i)
+        images.append({"id": i, "file_name": f"img{i}.png", "width": size[0], "height": size[1]})
+    for iscrowd, table in ((0, objects), (1, crowd or {})):
+        for image_id, objs in table.items():
+            for cat_id, bbox in objs:
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cat_id,
+                                    "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": iscrowd})
+    ann_file = root / "annotations.json"
+    ann_file.write_text(json.dumps({
+        "images": images, "annotations": annotations,
+        "categories": [{"id": k, "name": v} for k, v in categories.items()],
+    }))
+    return ann_file, image_dir
+
+
+def make_voc(
+    root: Path,
+    objects: dict[str, list[tuple]] | None = None,
+    size: tuple[int, int] = (64, 48),
+    splits: dict[str, list[str]] | None = None,
+) -> Path:
+    """``root/{Annotations,JPEGImages,ImageSets/Main}``. ``objects`` maps an image id to
+    (name, (xmin, ymin, xmax, ymax)[, difficult]) in VOC's 1-based inclusive pixels. Default: two
+    images, "000001" with a dog and a difficult person, "000002" with a cat. Returns root."""
+    if objects is None:
+        objects = {"000001": [("dog", (11, 6, 30, 25)), ("person", (1, 1, 64, 48), 1)],
+                   "000002": [("cat", (5, 5, 20, 40))]}
+    for n, (stem, objs) in enumerate(objects.items()):
+        write_image(root / "JPEGImages" / f"{stem}.jpg", *size, seed=n)
+        xml = [f"<annotation><filename>{stem}.jpg</filename>",
+               f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>"]
+        for name, (x1, y1, x2, y2), *difficult in objs:
+            xml.append(f"<object><name>{name}</name><difficult>{difficult[0] if difficult else 0}</difficult>"
+                       f"<bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
+        xml.append("</annotation>")
+        (root / "Annotations").mkdir(parents=True, exist_ok=True)
+        (root / "Annotations" / f"{stem}.xml").write_text("".join(xml))
+    for split, stems in (splits or {}).items():
+        (root / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{s}\n" for s in stems))
+    return root
+
+
+def make_image_folder(
+    root: Path, classes: tuple[str, ...] = ("a", "b"), per_class: int = 3, size: int = 16, mode: str = "L"
+) -> Path:
+    """``root/<class>/<i>.png``, ``per_class`` random images of size x size per class. Returns root."""
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            write_image(root / name / f"{i}.png", size, size, seed=100 * c + i, mode=mode)
+    return root
