@@ -199,7 +199,7 @@ def _find_feasible(cons: Constraints, rng: np.random.Generator, lo: float, hi: f
     batches = [np.stack(cands)] + [rng.integers(0, NUM_CHOICES, (8192, n)) for _ in range(24)]
     for archs in batches:
         flops = t.body_macs_batch(archs)
-        params = t.stem_params + np.take_along_axis(t.params.T, archs.T, 0).sum(0)
+        params = t.stem_params + t.params[np.arange(n), archs].sum(1)
         ok = np.flatnonzero((flops >= lo) & (flops <= hi) & (params <= cons.max_params))
         if ok.size:
             return tuple(int(c) for c in archs[ok[0]])

@@ -78,7 +78,9 @@ def plot_search(history: Sequence[dict], out_dir: str | Path, topk: int = 10) ->
     flops = [r["flops"] / 1e6 for r in history]
     maps = [r["map"] for r in history]
     sc = ax.scatter(flops, maps, c=[r["generation"] for r in history], cmap="viridis", s=12, alpha=0.7)
-    fig.colorbar(sc, ax=ax, label="generation").locator = MaxNLocator(integer=True)
+    cbar = fig.colorbar(sc, ax=ax, label="generation")
+    cbar.locator = MaxNLocator(integer=True)
+    cbar.update_ticks()
     front = pareto_front(list(zip(flops, maps)))
     ax.step([flops[i] for i in front], [maps[i] for i in front], "r-", where="post", lw=1, alpha=0.8)
     ax.scatter([flops[i] for i in front], [maps[i] for i in front], facecolors="none", edgecolors="red",
