@@ -13,7 +13,7 @@ def write_image(path: Path, width: int, height: int, seed: int = 0, mode: str = 
     path.parent.mkdir(parents=True, exist_ok=True)
     channels = 3 if mode == "RGB" else 1
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
-    Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode).save(path)
+    Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels).save(path)
     return path
 
 
@@ -71,7 +71,8 @@ def make_voc(
                f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>"]
         for name, (x1, y1, x2, y2), *difficult in objs:
             xml.append(f"<object><name>{name}</name><difficult>{difficult[0] if difficult else 0}</difficult>"
-                       f"<bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
+                       f"<bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox>"
+                       "</object>")
         xml.append("</annotation>")
         (root / "Annotations").mkdir(parents=True, exist_ok=True)
         (root / "Annotations" / f"{stem}.xml").write_text("".join(xml))

@@ -13,7 +13,8 @@ def test_classes_labels_and_normalized_rgb_tensors(tmp_path):
     assert [label for _, label in ds.samples] == [0, 0, 1, 1]
     x, label = ds[2]
     assert x.shape == (3, 20, 20) and x.dtype == torch.float32 and label == 1
-    assert torch.allclose(x[0] * 0.229 + 0.485, x[1] * 0.224 + 0.456, atol=1e-6)  # grayscale became three equal channels
+    # Grayscale became three equal channels.
+    assert torch.allclose(x[0] * 0.229 + 0.485, x[1] * 0.224 + 0.456, atol=1e-6)
     assert x.min() < 0  # normalized
 
 

@@ -19,13 +19,18 @@ def _white_extent(image: torch.Tensor) -> list[int]:
     return [cols.min().item(), rows.min().item(), cols.max().item() + 1, rows.max().item() + 1]
 
 
+def _call(transform, box, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return transform(_white_box_image(64, 48, box), torch.tensor([box], dtype=torch.float32), generator)
+
+
 @pytest.mark.parametrize("size, max_size, scale, out_hw", [
     (24, 100, 0.5, (24, 32)),   # shorter side (48) -> 24
     (96, 100, 100 / 64, (75, 100)),  # longer side capped at max_size
 ])
 def test_resize_keeps_aspect_and_scales_boxes(size, max_size, scale, out_hw):
     box = [8, 4, 40, 36]
-    image, boxes, s = DetectionTransform(size, max_size)(_white_box_image(64, 48, box), torch.tensor([box], dtype=torch.float32))
+    image, boxes, s = _call(DetectionTransform(size, max_size), box)
     assert s == pytest.approx(scale)
     assert tuple(image.shape) == (3, *out_hw) and image.dtype == torch.float32
     np.testing.assert_allclose(boxes[0].tolist(), [v * scale for v in box], rtol=1e-6)
@@ -38,18 +43,15 @@ def test_flip_moves_boxes_with_pixels_and_depends_only_on_generator():
     t = DetectionTransform(48, 100, flip=True)
     flipped = []
     for seed in range(16):
-        image, boxes, _ = t(_white_box_image(64, 48, box), torch.tensor([box], dtype=torch.float32),
-                            torch.Generator().manual_seed(seed))
+        image, boxes, _ = _call(t, box, seed)
         flipped.append(boxes[0].tolist() == [44, 6, 60, 30])
         assert flipped[-1] or boxes[0].tolist() == box
         assert _white_extent(image) == boxes[0].tolist()
-        again = t(_white_box_image(64, 48, box), torch.tensor([box], dtype=torch.float32), torch.Generator().manual_seed(seed))
-        assert torch.equal(again[0], image)
+        assert torch.equal(_call(t, box, seed)[0], image)
     assert 0 < sum(flipped) < 16
     # Evaluation transforms never flip.
     for seed in range(4):
-        _, boxes, _ = DetectionTransform(48, 100)(_white_box_image(64, 48, box), torch.tensor([box], dtype=torch.float32),
-                                                  torch.Generator().manual_seed(seed))
+        _, boxes, _ = _call(DetectionTransform(48, 100), box, seed)
         assert boxes[0].tolist() == box
 
 
@@ -69,3 +71,17 @@ def test_dataset_flips_are_a_function_of_seed_epoch_and_image(tmp_path):
     assert flips(a) != epoch0
     assert flips(a.with_transform(t, seed=4)) != flips(a)
     assert 0 < sum(epoch0) < 12
+
+
+def test_same_samples_whichever_worker_loads_them(tmp_path):
+    from detnas.data import collate
+
+    ann, images = make_coco(tmp_path, n_images=4)
+    ds = load_coco(ann, images).with_transform(DetectionTransform(40, 64, flip=True), seed=5)
+    ds.set_epoch(2)
+
+    def boxes(num_workers):
+        loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=num_workers, collate_fn=collate)
+        return [t["boxes"].tolist() for _, targets in loader for t in targets]
+
+    assert boxes(0) == boxes(2)

