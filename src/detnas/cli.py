@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -83,6 +84,42 @@ def flops(
         return
     for k, v in result.items():
         print(f"{k:<12} {_mflops(v) if k.endswith('flops') else v}")
+
+
+ConfigOpt = Annotated[Path, typer.Option("--config", help="YAML config file")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="run folder (default: runs/<stage>)")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue the run in --out where it stopped")]
+
+
+def _train_stage(stage: str, config: Path, out: Path | None, resume: bool) -> None:
+    from detnas.config import load_config
+    from detnas.stages import finetune_job, pretrain_job
+    from detnas.train import run_training
+    from detnas.train_config import FinetuneConfig, PretrainConfig
+
+    out = out or Path("runs") / stage
+    if stage == "pretrain":
+        cfg = load_config(config, PretrainConfig)
+        job = pretrain_job(cfg)
+        workers = cfg.data.workers
+    else:
+        cfg = load_config(config, FinetuneConfig)
+        job = finetune_job(cfg, out)
+        workers = cfg.data.workers
+    run_training(job, cfg.train, cfg.seed, out, resume, workers=workers, log_every=cfg.logging.log_every,
+                 checkpoint_every=cfg.logging.checkpoint_every, progress=cfg.logging.progress)
+
+
+@app.command()
+def pretrain(config: ConfigOpt, out: OutOpt = None, resume: ResumeOpt = False) -> None:
+    """Stage 1: train the supernet on classification data, one uniformly sampled path per step."""
+    _train_stage("pretrain", config, out, resume)
+
+
+@app.command()
+def finetune(config: ConfigOpt, out: OutOpt = None, resume: ResumeOpt = False) -> None:
+    """Stage 2: finetune the supernet inside a detector (FPN or RetinaNet), path-wise."""
+    _train_stage("finetune", config, out, resume)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -113,12 +113,14 @@ class ShuffleNetBackbone(nn.Module):
         return net.train(self.training)
 
 
-def supernet_key_to_subnet(key: str, arch: Arch) -> str | None:
-    """Map a supernet state-dict key to the standalone network's key (None if off the path)."""
-    parts = key.split(".")
-    if parts[0] != "blocks":
+def supernet_key_to_subnet(key: str, arch: Arch, prefix: str = "") -> str | None:
+    """Map a supernet state-dict key to the standalone network's key (None if off the path).
+
+    ``prefix`` is where the backbone sits in a larger model, e.g. ``backbone.body.`` in a detector.
+    """
+    if not key.startswith(prefix + "blocks."):
         return key
-    position, choice = int(parts[1]), int(parts[2])
-    if arch[position] != choice:
+    position, choice, rest = key[len(prefix) + len("blocks."):].split(".", 2)
+    if arch[int(position)] != int(choice):
         return None
-    return ".".join(["blocks", parts[1], "0", *parts[3:]])
+    return f"{prefix}blocks.{position}.0.{rest}"

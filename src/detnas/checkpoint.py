@@ -1,0 +1,58 @@
+"""Checkpoints: written atomically, read with ``weights_only=True`` so that a file can never run code."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from detnas.errors import UserError
+
+FORMAT = "detnas-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> None:
+    """Write ``payload`` (plus our format tag) to a temp file beside ``path``, then rename into place.
+
+    A crash or ``kill -9`` at any moment leaves either the old checkpoint or the new one, never half.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, stage: str | tuple[str, ...] | None = None, space: dict | None = None) -> dict:
+    """Read one of our checkpoints on the CPU; anything else is a one-line ``UserError``.
+
+    ``stage`` and ``space`` (``{"space": name, "width_mult": w}``) are checked when given.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("checkpoint not found", path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"not a readable checkpoint (truncated or not a torch file): {first}", path) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UserError("not a detnas checkpoint", path)
+    if data.get("version") != VERSION:
+        raise UserError(f"checkpoint version {data.get('version')} is not supported (expected {VERSION})", path)
+    stages = (stage,) if isinstance(stage, str) else stage
+    if stages is not None and data.get("stage") not in stages:
+        raise UserError(f"checkpoint is from stage '{data.get('stage')}', expected {' or '.join(stages)}", path)
+    if space is not None and data.get("space") != space:
+        raise UserError(f"checkpoint is for space {data.get('space')}, this run uses {space}", path)
+    return data

@@ -1,0 +1,120 @@
+"""Evaluating one path: BatchNorm recalibration, classification top-1 and detection mAP.
+
+A supernet's BN running statistics mix every path that ever ran through a block, so a path is only
+judged fairly after its statistics are recomputed on training images (SPEC section 4). We recalibrate
+an *extracted* standalone network, which leaves the supernet untouched and runs only the path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from detnas.cocoeval import coco_map, detections_from_outputs
+from detnas.data.detection import DetectionDataset, collate
+
+RecalibMode = Literal["cumulative", "ema"]
+
+
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module, forward, batches: Iterable, mode: RecalibMode = "cumulative", momentum: float = 0.1
+) -> None:
+    """Reset the BN statistics of ``model`` and recompute them with ``forward(batch)`` in train mode.
+
+    ``cumulative`` averages over all batches equally (momentum=None); ``ema`` is the authors' choice
+    (running average with ``momentum``), which weighs the last batches most.
+    """
+    bns = _batchnorms(model)
+    saved = [m.momentum for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None if mode == "cumulative" else momentum
+    model.train()
+    try:
+        for batch in batches:
+            forward(batch)
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.train(was_training)
+
+
+def detector_backbone_forward(detector: nn.Module):
+    """A ``forward(images)`` that runs only the backbone of a torchvision detector, after its own
+    normalisation and resizing: BN layers live only there, so recalibration needs nothing else."""
+
+    def forward(images: Sequence[torch.Tensor]) -> None:
+        device = next(detector.parameters()).device
+        image_list, _ = detector.transform([im.to(device) for im in images])
+        detector.backbone.body(image_list.tensors)
+
+    return forward
+
+
+@torch.no_grad()
+def detection_metrics(
+    detector: nn.Module, dataset: DetectionDataset, batch_size: int = 16, workers: int = 0, gt: dict | None = None
+) -> dict[str, float]:
+    """COCO bbox metrics (AP, AP50, ...) of ``detector`` on ``dataset`` (eval transform)."""
+    detector.eval()
+    device = next(detector.parameters()).device
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate, generator=torch.Generator()
+    )
+    detections = []
+    for images, targets in loader:
+        outputs = detector([im.to(device) for im in images])
+        detections += detections_from_outputs(outputs, targets)
+    return coco_map(gt if gt is not None else dataset.to_coco(), detections)
+
+
+@torch.no_grad()
+def classification_top1(model: nn.Module, loader: Iterable, arch=None) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    correct = total = 0
+    for x, y in loader:
+        logits = model.classify(x.to(device), arch)
+        correct += int((logits.argmax(1).cpu() == y).sum())
+        total += len(y)
+    return correct / max(total, 1)
+
+
+def decoded_batches(dataset, n_images: int, batch_size: int, collate_fn=None) -> list:
+    """The first ``n_images`` of ``dataset`` (with its transform), decoded once and kept in memory, so
+    that recalibrating many paths does not decode the same images again."""
+    subset = torch.utils.data.Subset(dataset, range(min(n_images, len(dataset))))
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate_fn,
+                                         generator=torch.Generator())
+    return [batch[0] for batch in loader]
+
+
+def evaluate_detection_path(
+    supernet_detector: nn.Module, arch, num_classes: int, detector_cfg, recalib: list, eval_set: DetectionDataset,
+    gt: dict | None = None, mode: RecalibMode = "cumulative", batch_size: int = 16,
+) -> dict[str, float]:
+    """mAP of one path: extract it, recalibrate its BN on ``recalib`` image batches, evaluate on ``eval_set``."""
+    from detnas.detector import extract_detector
+
+    device = next(supernet_detector.parameters()).device
+    sub = extract_detector(supernet_detector, arch, num_classes, detector_cfg).to(device)
+    recalibrate_bn(sub, detector_backbone_forward(sub), recalib, mode)
+    return detection_metrics(sub, eval_set, batch_size, gt=gt)
+
+
+def evaluate_classification_path(supernet: nn.Module, arch, recalib: list, val_loader,
+                                 mode: RecalibMode = "cumulative") -> float:
+    """Top-1 of one path of a classification supernet after BN recalibration."""
+    device = next(supernet.parameters()).device
+    sub = supernet.subnet(arch).to(device)
+    recalibrate_bn(sub, lambda x: sub.classify(x.to(device)), recalib, mode)
+    return classification_top1(sub, val_loader)

@@ -1,0 +1,114 @@
+"""The two supernet training stages as ``train.Job``s: classification pretraining, detection finetuning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from detnas.checkpoint import load_checkpoint
+from detnas.data.classification import ImageFolderDataset, classification_transform
+from detnas.data.detection import collate
+from detnas.data.sources import load_detection
+from detnas.data.transforms import DetectionTransform
+from detnas.detector import build_detector, set_path
+from detnas.distributed import is_main
+from detnas.evaluate import decoded_batches, evaluate_classification_path, evaluate_detection_path
+from detnas.search_split import SPLIT_FILE, carve_holdout
+from detnas.space import Arch, SearchSpace, arch_to_str, get_space, parse_arch
+from detnas.supernet import ShuffleNetBackbone
+from detnas.train import Job, path_for_step
+from detnas.train_config import EvalConfig, FinetuneConfig, PretrainConfig
+
+
+def space_meta(cfg) -> dict:
+    return {"space": cfg.space, "width_mult": cfg.width_mult}
+
+
+def eval_archs(space: SearchSpace, cfg: EvalConfig, seed: int, sampling) -> list[Arch]:
+    """The fixed paths evaluated at the end of a stage: the configured ones, or all-0 (the ShuffleNetV2
+    baseline), all-3 (all Xception) and one sampled path."""
+    if cfg.archs:
+        return [parse_arch(a, space) for a in cfg.archs]
+    n = space.num_blocks
+    return [(0,) * n, (3,) * n, path_for_step(space, seed + 1, 0, sampling)]
+
+
+def pretrain_job(cfg: PretrainConfig) -> Job:
+    space = get_space(cfg.space, cfg.width_mult)
+    size = cfg.data.image_size
+    train_set = ImageFolderDataset(cfg.data.train, classification_transform(size, True, cfg.data.flip), cfg.seed)
+    val_set = ImageFolderDataset(cfg.data.val, classification_transform(size, False))
+    model = ShuffleNetBackbone(space, num_classes=len(train_set.classes), dropout=cfg.dropout)
+
+    def loss(model, batch, arch, device):
+        x, y = batch
+        logits = model.classify(x.to(device, non_blocking=True), arch)
+        return F.cross_entropy(logits, y.to(device), label_smoothing=cfg.label_smoothing), len(y)
+
+    def final_eval(model) -> dict:
+        recalib = decoded_batches(train_set, cfg.eval.recalib_images, cfg.eval.batch_size)
+        val = torch.utils.data.DataLoader(val_set, batch_size=cfg.eval.batch_size * 4)
+        top1 = {
+            arch_to_str(a): evaluate_classification_path(model, a, recalib, val)
+            for a in eval_archs(space, cfg.eval, cfg.seed, cfg.sampling)
+        }
+        return {"top1": top1}
+
+    return Job(
+        "pretrain", model, train_set, None, loss,
+        lambda step: path_for_step(space, cfg.seed, step, cfg.sampling), final_eval,
+        {"space": space_meta(cfg), "classes": train_set.classes, "config": cfg.model_dump(mode="json")},
+    )
+
+
+def load_backbone_weights(body: ShuffleNetBackbone, ckpt_path: Path, space: dict) -> None:
+    """Initialise ``body`` from a pretraining checkpoint (its classification head is dropped)."""
+    state = load_checkpoint(ckpt_path, ("pretrain", "retrain-pretrain"), space)["model"]
+    body.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")})
+
+
+def finetune_job(cfg: FinetuneConfig, out_dir: Path) -> Job:
+    """Path-wise detection finetuning of the supernet; the search split is held out and saved."""
+    space = get_space(cfg.space, cfg.width_mult)
+    det = cfg.detector
+    full = load_detection(cfg.data.train, DetectionTransform(det.min_size, det.max_size, cfg.data.flip), cfg.seed)
+    train_set, holdout = full, None
+    if cfg.data.holdout.size:
+        keep, held = carve_holdout(len(full), cfg.data.holdout.size, cfg.data.holdout.seed)
+        train_set, holdout = full.subset(keep), full.subset(held)
+        if is_main():
+            holdout.save_coco(Path(out_dir) / SPLIT_FILE)
+    num_classes = len(full.categories)
+    body = ShuffleNetBackbone(space)
+    if cfg.init is not None:
+        load_backbone_weights(body, cfg.init, space_meta(cfg))
+    model = build_detector(body, num_classes, det)
+
+    def loss(model, batch, arch, device):
+        images, targets = batch
+        set_path(model, arch)
+        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+        losses = model([im.to(device) for im in images], targets)
+        return sum(losses.values()), len(images)
+
+    def final_eval(model) -> dict:
+        eval_set = holdout or (load_detection(cfg.data.test) if cfg.data.test else None)
+        if eval_set is None:
+            return {}
+        eval_set = eval_set.with_transform(DetectionTransform(det.min_size, det.max_size, flip=False))
+        recalib = decoded_batches(train_set, cfg.eval.recalib_images, cfg.eval.batch_size, collate)
+        gt = eval_set.to_coco()
+        results = {
+            arch_to_str(a): evaluate_detection_path(model, a, num_classes, det, recalib, eval_set, gt,
+                                                    batch_size=cfg.eval.batch_size)
+            for a in eval_archs(space, cfg.eval, cfg.seed, cfg.sampling)
+        }
+        return {"split": "search" if holdout is not None else "test", "map": results}
+
+    return Job(
+        "finetune", model, train_set, collate, loss,
+        lambda step: path_for_step(space, cfg.seed, step, cfg.sampling), final_eval,
+        {"space": space_meta(cfg), "classes": full.categories, "config": cfg.model_dump(mode="json")},
+    )

@@ -1,0 +1,192 @@
+"""One path-wise training loop for supernet pretraining (classification) and finetuning (detection).
+
+Every iteration trains one architecture. For a supernet it is drawn uniformly (optionally within a
+FLOPs range) from a generator seeded by (seed, step): every worker draws the same path with no
+broadcast, and a resumed run draws the same paths as an uninterrupted one. Parameters off the path
+get no gradient, and since we average gradients ourselves instead of using DDP, they keep
+``grad is None``: SGD then gives them neither weight decay nor a momentum step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from detnas.checkpoint import load_checkpoint, save_checkpoint
+from detnas.distributed import allreduce_gradients, convert_sync_batchnorm, init_distributed, is_main
+from detnas.flops import sample_arch
+from detnas.space import Arch, SearchSpace, arch_to_str
+from detnas.train_config import SamplingConfig, ScheduleConfig
+from detnas.train_log import TrainLog
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def path_for_step(space: SearchSpace, seed: int, step: int, sampling: SamplingConfig) -> Arch:
+    """The architecture trained at ``step``: a pure function of (seed, step)."""
+    rng = np.random.default_rng([seed, step])
+    return sample_arch(space, rng, sampling.min_flops, sampling.max_flops)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv and linear weights only, none on BN parameters and biases (SPEC section 5)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(schedule: ScheduleConfig) -> Callable[[int], float]:
+    """Linear warmup from 0.001x, then linear decay to 0 or x0.1 at each milestone."""
+
+    def factor(step: int) -> float:
+        if step < schedule.warmup_iters:
+            alpha = step / schedule.warmup_iters
+            return 0.001 * (1 - alpha) + alpha
+        if schedule.decay == "linear":
+            return max(0.0, 1 - step / schedule.iters)
+        return 0.1 ** sum(step >= m for m in schedule.milestones)
+
+    return factor
+
+
+def epoch_batches(n: int, batch_size: int, world: int, rank: int, seed: int, epoch: int) -> list[list[int]]:
+    """This worker's batches of one epoch: a seeded permutation cut into global batches, each split
+    over the workers; the incomplete last global batch is dropped so that every worker steps alike."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    global_batch = batch_size * world
+    return [
+        order[start + rank * batch_size : start + (rank + 1) * batch_size]
+        for start in range(0, n - global_batch + 1, global_batch)
+    ]
+
+
+@dataclass
+class Job:
+    """What differs between the stages: the model, its loss on a batch, and its final evaluation."""
+
+    stage: str
+    model: nn.Module
+    dataset: torch.utils.data.Dataset
+    collate: Callable | None
+    loss: Callable[[nn.Module, object, Arch, torch.device], tuple[torch.Tensor, int]]
+    arch_for_step: Callable[[int], Arch]
+    final_eval: Callable[[nn.Module], dict]
+    meta: dict = field(default_factory=dict)  # saved in the checkpoint: space, classes, configs
+
+
+def batches_from(job: Job, schedule: ScheduleConfig, seed: int, workers: int, rank: int, world: int,
+                 start_step: int) -> Iterator:
+    """Batches for steps ``start_step, start_step + 1, ...``: the same ones a run from step 0 would see."""
+    steps_per_epoch = len(epoch_batches(len(job.dataset), schedule.batch_size, world, rank, seed, 0))
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(job.dataset)} training images are fewer than one global batch "
+            f"({schedule.batch_size} x {world} workers)"
+        )
+    epoch, offset = divmod(start_step, steps_per_epoch)
+    while True:
+        if hasattr(job.dataset, "set_epoch"):
+            job.dataset.set_epoch(epoch)  # seeds the augmentation of this epoch
+        plan = epoch_batches(len(job.dataset), schedule.batch_size, world, rank, seed, epoch)[offset:]
+        # its own generator: creating an iterator must not draw from the global RNG, which we checkpoint
+        yield from torch.utils.data.DataLoader(
+            job.dataset, batch_sampler=plan, num_workers=workers, collate_fn=job.collate,
+            generator=torch.Generator(),
+        )
+        epoch, offset = epoch + 1, 0
+
+
+def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, resume: bool,
+                 workers: int = 0, log_every: int = 10, checkpoint_every: int = 100,
+                 progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train ``job`` for ``schedule.iters`` steps (resuming from ``out_dir`` if asked) and evaluate it.
+
+    ``stop_after`` ends the run early after that many steps in this call (for tests of resume).
+    """
+    dist = init_distributed()
+    device = dist.device
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    model = convert_sync_batchnorm(job.model.to(device), device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(param_groups(model, schedule.weight_decay), lr=schedule.lr,
+                                momentum=schedule.momentum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule))
+    step = 0
+    ckpt_path = out_dir / CHECKPOINT
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, job.stage, job.meta.get("space"))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        step = state["step"]
+    elif resume is False and ckpt_path.exists() and is_main():
+        raise_exists(ckpt_path)
+
+    def save() -> None:
+        if is_main():
+            save_checkpoint(ckpt_path, {
+                "stage": job.stage, **job.meta, "step": step, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state(),
+            })
+
+    log = TrainLog(out_dir, job.stage, schedule.iters, start=step, enabled=is_main(), progress=progress)
+    batches = batches_from(job, schedule, seed, workers, dist.rank, dist.world_size, step)
+    window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+    with log:
+        while step < schedule.iters and (stop_after is None or stop_after > 0):
+            arch = job.arch_for_step(step)
+            model.train()
+            loss, n_images = job.loss(model, next(batches), arch, device)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step} (path {arch_to_str(arch)})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            allreduce_gradients(params)
+            if schedule.grad_clip is not None:
+                nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], schedule.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            stop_after = None if stop_after is None else stop_after - 1
+            window_loss += loss.item()
+            window_images += n_images * dist.world_size
+            if step % log_every == 0 or step == schedule.iters:
+                elapsed = time.perf_counter() - window_start
+                n_steps = (step - 1) % log_every + 1
+                log.scalars(step, {
+                    "loss": window_loss / n_steps,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "images_per_s": window_images / max(elapsed, 1e-9),
+                }, arch=arch_to_str(arch))
+                window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+            else:
+                log.advance(step)
+            if step % checkpoint_every == 0 or step == schedule.iters:
+                save()
+    if step < schedule.iters:
+        return {"step": step, "finished": False}
+    metrics = job.final_eval(model)
+    if is_main():
+        log.final(metrics)
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return {"step": step, "finished": True, **metrics}
+
+
+def raise_exists(path: Path) -> None:
+    from detnas.errors import UserError
+
+    raise UserError("a finished or interrupted run is already here: pass --resume, or choose another --out",
+                    path)
