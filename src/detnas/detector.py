@@ -69,6 +69,31 @@ class BackboneWithFPN(nn.Module):
         return self.fpn(OrderedDict((f"p{f[1]}", feats[f]) for f in self.in_features))
 
 
+def anchor_generator(cfg: DetectorConfig) -> AnchorGenerator:
+    """The anchors of ``cfg``'s detector, one size group per pyramid level.
+
+    FPN: one size per level P2..P6 (``anchor_size`` doubling per level); RetinaNet: three octave scales
+    per level P3..P7, as in the RetinaNet paper. Three aspect ratios everywhere.
+    """
+    levels = 5
+    if cfg.kind == "fpn":
+        sizes = tuple((cfg.anchor_size * 2**i,) for i in range(levels))
+    else:
+        sizes = tuple(
+            tuple(int(cfg.anchor_size * 2 ** (i + 1) * 2 ** (j / 3)) for j in range(3)) for i in range(levels)
+        )
+    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * levels)
+
+
+def roi_pooler(cfg: DetectorConfig) -> MultiScaleRoIAlign:
+    """The RoI pooler of the FPN Faster R-CNN: RoIs go to P2..P5 by size; the level mapping's
+    reference box (224 at an 800-pixel short side) scales with the image size."""
+    return MultiScaleRoIAlign(
+        ["p2", "p3", "p4", "p5"], output_size=7, sampling_ratio=2,
+        canonical_scale=max(1, round(224 * cfg.min_size / 800)),
+    )
+
+
 def build_detector(body: ShuffleNetBackbone, num_classes: int, cfg: DetectorConfig) -> nn.Module:
     """A torchvision detector for ``num_classes`` object classes (labels 1..K; 0 is background)."""
     if body.head is not None:
@@ -76,19 +101,10 @@ def build_detector(body: ShuffleNetBackbone, num_classes: int, cfg: DetectorConf
     backbone = BackboneWithFPN(body, cfg.kind, cfg.fpn_channels)
     common = dict(min_size=cfg.min_size, max_size=cfg.max_size)
     if cfg.kind == "fpn":
-        levels = 5  # P2..P6
-        anchors = AnchorGenerator(
-            tuple((cfg.anchor_size * 2**i,) for i in range(levels)), ((0.5, 1.0, 2.0),) * levels
-        )
-        # RoIs go to P2..P5 by size; the level mapping's reference box scales with the image size
-        roi_pool = MultiScaleRoIAlign(
-            ["p2", "p3", "p4", "p5"], output_size=7, sampling_ratio=2,
-            canonical_scale=max(1, round(224 * cfg.min_size / 800)),
-        )
         return FasterRCNN(
             backbone,
-            rpn_anchor_generator=anchors,
-            box_roi_pool=roi_pool,
+            rpn_anchor_generator=anchor_generator(cfg),
+            box_roi_pool=roi_pooler(cfg),
             box_head=TwoMLPHead(cfg.fpn_channels * 7 * 7, cfg.box_head_channels),
             box_predictor=FastRCNNPredictor(cfg.box_head_channels, num_classes + 1),
             rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
@@ -100,14 +116,10 @@ def build_detector(body: ShuffleNetBackbone, num_classes: int, cfg: DetectorConf
             box_score_thresh=cfg.score_thresh,
             **common,
         )
-    levels = 5  # P3..P7, three octave scales per level as in the RetinaNet paper
-    sizes = tuple(
-        tuple(int(cfg.anchor_size * 2 ** (i + 1) * 2 ** (j / 3)) for j in range(3)) for i in range(levels)
-    )
     return RetinaNet(
         backbone,
         num_classes=num_classes + 1,
-        anchor_generator=AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * levels),
+        anchor_generator=anchor_generator(cfg),
         score_thresh=cfg.score_thresh,
         detections_per_img=cfg.detections_per_img,
         **common,
