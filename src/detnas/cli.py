@@ -122,6 +122,16 @@ def finetune(config: ConfigOpt, out: OutOpt = None, resume: ResumeOpt = False) -
     _train_stage("finetune", config, out, resume)
 
 
+@app.command()
+def search(config: ConfigOpt, out: OutOpt = None, resume: ResumeOpt = False) -> None:
+    """Stage 3: evolutionary (or random) search of the finetuned supernet under a FLOPs budget."""
+    from detnas.config import load_config
+    from detnas.search_stage import SearchStageConfig, run_search_stage
+
+    cfg = load_config(config, SearchStageConfig)
+    run_search_stage(cfg, out or Path("runs") / "search", resume)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     try:

@@ -7,6 +7,7 @@ an *extracted* standalone network, which leaves the supernet untouched and runs 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
@@ -61,10 +62,8 @@ def detector_backbone_forward(detector: nn.Module):
 
 
 @torch.no_grad()
-def detection_metrics(
-    detector: nn.Module, dataset: DetectionDataset, batch_size: int = 16, workers: int = 0, gt: dict | None = None
-) -> dict[str, float]:
-    """COCO bbox metrics (AP, AP50, ...) of ``detector`` on ``dataset`` (eval transform)."""
+def predict(detector: nn.Module, dataset: DetectionDataset, batch_size: int = 16, workers: int = 0) -> list[dict]:
+    """COCO-format detections of ``detector`` on ``dataset``, in original image pixels."""
     detector.eval()
     device = next(detector.parameters()).device
     loader = torch.utils.data.DataLoader(
@@ -72,8 +71,15 @@ def detection_metrics(
     )
     detections = []
     for images, targets in loader:
-        outputs = detector([im.to(device) for im in images])
-        detections += detections_from_outputs(outputs, targets)
+        detections += detections_from_outputs(detector([im.to(device) for im in images]), targets)
+    return detections
+
+
+def detection_metrics(
+    detector: nn.Module, dataset: DetectionDataset, batch_size: int = 16, workers: int = 0, gt: dict | None = None
+) -> dict[str, float]:
+    """COCO bbox metrics (AP, AP50, ...) of ``detector`` on ``dataset`` (give it the eval transform)."""
+    detections = predict(detector, dataset, batch_size, workers)
     return coco_map(gt if gt is not None else dataset.to_coco(), detections)
 
 
@@ -102,13 +108,20 @@ def evaluate_detection_path(
     supernet_detector: nn.Module, arch, num_classes: int, detector_cfg, recalib: list, eval_set: DetectionDataset,
     gt: dict | None = None, mode: RecalibMode = "cumulative", batch_size: int = 16,
 ) -> dict[str, float]:
-    """mAP of one path: extract it, recalibrate its BN on ``recalib`` image batches, evaluate on ``eval_set``."""
+    """mAP of one path: extract it, recalibrate its BN on ``recalib`` image batches, evaluate on
+    ``eval_set``. Also returns the seconds spent in each phase."""
     from detnas.detector import extract_detector
 
+    t0 = time.perf_counter()
     device = next(supernet_detector.parameters()).device
     sub = extract_detector(supernet_detector, arch, num_classes, detector_cfg).to(device)
     recalibrate_bn(sub, detector_backbone_forward(sub), recalib, mode)
-    return detection_metrics(sub, eval_set, batch_size, gt=gt)
+    t1 = time.perf_counter()
+    detections = predict(sub, eval_set, batch_size)
+    t2 = time.perf_counter()
+    metrics = coco_map(gt if gt is not None else eval_set.to_coco(), detections)
+    t3 = time.perf_counter()
+    return {**metrics, "seconds_recalib": t1 - t0, "seconds_inference": t2 - t1, "seconds_cocoeval": t3 - t2}
 
 
 def evaluate_classification_path(supernet: nn.Module, arch, recalib: list, val_loader,

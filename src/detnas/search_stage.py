@@ -1,0 +1,92 @@
+"""Stage 3: search the finetuned detection supernet for the path with the best mAP on the search split.
+
+Every worker loads the supernet once and keeps it in memory; the recalibration images are decoded
+once and kept too. Per candidate we extract the standalone detector of the path (a cheap copy of
+the path's weights, never the whole supernet), recalibrate its BN, and evaluate on the held-out
+split that finetuning wrote. The test split is never read here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from detnas.checkpoint import load_checkpoint
+from detnas.config import StrictModel
+from detnas.data.coco import load_coco
+from detnas.data.detection import collate
+from detnas.data.sources import image_dir_of, load_detection
+from detnas.data.transforms import DetectionTransform
+from detnas.detector import DetectorConfig, build_detector
+from detnas.distributed import init_distributed
+from detnas.errors import UserError
+from detnas.evaluate import decoded_batches, evaluate_detection_path
+from detnas.search import SearchConfig, SearchResult, run_search
+from detnas.search_split import SPLIT_FILE
+from detnas.space import get_space
+from detnas.supernet import ShuffleNetBackbone
+from detnas.train import CHECKPOINT
+from detnas.train_config import FinetuneConfig
+
+
+class FitnessConfig(StrictModel):
+    recalib_images: int = Field(256, ge=1)  # authors: 500 iterations x 8 images
+    recalib_mode: Literal["cumulative", "ema"] = "cumulative"
+    batch_size: int = Field(16, ge=1)
+
+
+class SearchStageConfig(StrictModel):
+    supernet: Path  # the finetuning run folder (checkpoint.pt and search_split.json)
+    search: SearchConfig = SearchConfig()
+    fitness: FitnessConfig = FitnessConfig()
+    progress: bool = True
+
+
+class SupernetEvaluator:
+    """``evaluate(arch) -> {"map", "ap50", timings...}`` for one finetuned supernet run."""
+
+    def __init__(self, finetune_dir: Path, fitness: FitnessConfig):
+        finetune_dir = Path(finetune_dir)
+        state = load_checkpoint(finetune_dir / CHECKPOINT, "finetune")
+        if state["step"] < state["config"]["train"]["iters"]:
+            raise UserError("the supernet's finetuning has not finished (resume it first)", finetune_dir / CHECKPOINT)
+        self.cfg = FinetuneConfig.model_validate(state["config"])
+        split_file = finetune_dir / SPLIT_FILE
+        if not split_file.exists():
+            raise UserError("no search split: finetune with data.holdout.size > 0 so that one is held out",
+                            split_file)
+        self.space = get_space(self.cfg.space, self.cfg.width_mult)
+        self.detector_cfg: DetectorConfig = self.cfg.detector
+        self.classes = state["classes"]
+        self.device = init_distributed().device
+        detector = build_detector(ShuffleNetBackbone(self.space), len(self.classes), self.detector_cfg)
+        detector.load_state_dict(state["model"])
+        self.detector = detector.to(self.device).eval()
+        det = self.detector_cfg
+        self.search_set = load_coco(split_file, image_dir_of(self.cfg.data.train)).with_transform(
+            DetectionTransform(det.min_size, det.max_size, flip=False)
+        )
+        if self.search_set.categories != self.classes:
+            raise UserError("search split categories differ from the supernet's classes", split_file)
+        self.gt = self.search_set.to_coco()
+        # recalibrate on training images (never the search split) with training augmentation
+        train = load_detection(self.cfg.data.train, DetectionTransform(det.min_size, det.max_size, flip=True),
+                               self.cfg.seed)
+        held = set(self.search_set.image_ids)
+        train = train.subset([i for i, image_id in enumerate(train.image_ids) if image_id not in held])
+        self.recalib = decoded_batches(train, fitness.recalib_images, fitness.batch_size, collate)
+        self.fitness = fitness
+
+    def __call__(self, arch) -> dict:
+        m = evaluate_detection_path(
+            self.detector, arch, len(self.classes), self.detector_cfg, self.recalib, self.search_set, self.gt,
+            self.fitness.recalib_mode, self.fitness.batch_size,
+        )
+        return {"map": m["AP"], "ap50": m["AP50"], **{k: v for k, v in m.items() if k.startswith("seconds_")}}
+
+
+def run_search_stage(cfg: SearchStageConfig, out_dir: Path, resume: bool) -> SearchResult:
+    evaluator = SupernetEvaluator(cfg.supernet, cfg.fitness)
+    return run_search(evaluator.space, cfg.search, evaluator, out_dir, resume=resume, progress=cfg.progress)
