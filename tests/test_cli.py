@@ -51,3 +51,15 @@ def test_bad_arguments_give_one_line_and_exit_2(args, message):
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("detnas: error:") and message in lines[0], r.stderr
+
+
+def test_flops_of_a_whole_detector():
+    r = run_cli("flops", "--arch", "shufflenetv2-20", "--detector", "retinanet", "--input-size", "128",
+                "--fpn-channels", "64", "--det-classes", "10", "--json")
+    assert r.returncode == 0, r.stderr
+    det = json.loads(r.stdout)["detector"]
+    assert det["kind"] == "retinanet"
+    # backbone part equals the analytic body count at the same input size
+    assert det["backbone"] == json.loads(run_cli("flops", "--arch", "shufflenetv2-20", "--input-size", "128",
+                                                 "--json").stdout)["body_flops"]
+    assert det["total"] == det["backbone"] + det["fpn"] + det["head"]

@@ -54,9 +54,20 @@ def flops(
     width_mult: Annotated[Optional[float], typer.Option(help="width multiplier (default: the preset's or 1.0)")] = None,
     input_size: Annotated[int, typer.Option(help="square input size in pixels")] = 224,
     num_classes: Annotated[int, typer.Option(help="classifier width for the 'full' count")] = 1000,
+    detector: Annotated[
+        Optional[str], typer.Option(help="also count a whole detector around it: fpn or retinanet")
+    ] = None,
+    det_classes: Annotated[int, typer.Option(help="object classes of the detector")] = 80,
+    fpn_channels: Annotated[int, typer.Option(help="FPN width (paper: 256)")] = 256,
+    box_head_channels: Annotated[int, typer.Option(help="FPN Faster R-CNN box head width (paper: 1024)")] = 1024,
+    proposals: Annotated[int, typer.Option(help="test-time proposals of FPN Faster R-CNN (paper: 1000)")] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """FLOPs (multiply-accumulates) and parameters of one architecture."""
+    """FLOPs (multiply-accumulates) and parameters of one architecture, optionally of a whole detector.
+
+    The detector count is at the size the network sees (--input-size, square) with the paper's head
+    sizes unless given; the box head is counted for all test-time proposals.
+    """
     from detnas.flops import arch_cost
 
     if input_size < 32:
@@ -79,11 +90,36 @@ def flops(
         "params": c.full_params,
         "body_params": c.body_params,
     }
+    if detector is not None:
+        result["detector"] = _detector_flops(sp, a, detector, det_classes, input_size, fpn_channels,
+                                             box_head_channels, proposals)
     if as_json:
         print(json.dumps(result))
         return
     for k, v in result.items():
-        print(f"{k:<12} {_mflops(v) if k.endswith('flops') else v}")
+        if k == "detector":
+            for part, macs in v.items():
+                print(f"{'detector ' + part:<12} {macs if part == 'kind' else _mflops(macs)}")
+        else:
+            print(f"{k:<12} {_mflops(v) if k.endswith('flops') else v}")
+
+
+def _detector_flops(space, arch, kind: str, num_classes: int, input_size: int, fpn_channels: int,
+                    box_head_channels: int, proposals: int) -> dict:
+    from pydantic import ValidationError
+
+    from detnas.detector import DetectorConfig, build_detector
+    from detnas.detector_flops import detector_macs
+    from detnas.supernet import ShuffleNetBackbone
+
+    try:
+        cfg = DetectorConfig(kind=kind, fpn_channels=fpn_channels, box_head_channels=box_head_channels,
+                             rpn_post_nms_top_n_test=proposals, rpn_pre_nms_top_n_test=max(proposals, 1000),
+                             min_size=input_size, max_size=input_size)
+    except ValidationError as e:
+        raise UserError(f"bad detector option: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
+    model = build_detector(ShuffleNetBackbone(space, arch), num_classes, cfg)
+    return {"kind": kind, **detector_macs(model, input_size)}
 
 
 ConfigOpt = Annotated[Path, typer.Option("--config", help="YAML config file")]

@@ -99,13 +99,18 @@ class EvalConfig(StrictModel):
     batch_size: int = Field(16, ge=1)
 
 
-class PretrainConfig(SpaceConfig):
-    seed: int = 0
+class ClassificationRecipe(StrictModel):
+    """How a backbone is pretrained on classification data (supernet or standalone network)."""
+
     data: ClassificationData
     train: ScheduleConfig
-    sampling: SamplingConfig = SamplingConfig()
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class PretrainConfig(SpaceConfig, ClassificationRecipe):
+    seed: int = 0
+    sampling: SamplingConfig = SamplingConfig()
     logging: LoggingConfig = LoggingConfig()
     eval: EvalConfig = EvalConfig()
 
@@ -122,10 +127,11 @@ class FinetuneConfig(SpaceConfig):
 
 
 class RetrainConfig(FinetuneConfig):
-    """Retraining a fixed architecture: the same detector recipe, optionally after classification
-    pretraining of the standalone network (as the paper does)."""
+    """Retraining a fixed architecture: the same detector recipe, after classification pretraining
+    of the standalone network as in the paper (``pretrain``; omit it, or pass --no-pretrain, to train
+    the detector from scratch)."""
 
-    pretrain: PretrainConfig | None = None
+    pretrain: ClassificationRecipe | None = None
 
     @field_validator("sampling")
     @classmethod
@@ -134,3 +140,9 @@ class RetrainConfig(FinetuneConfig):
             raise ValueError("a retrained network has one fixed architecture: no sampling range")
         return v
 
+    def pretrain_config(self) -> PretrainConfig:
+        """The standalone network's classification pretraining, as a stage config of its own."""
+        return PretrainConfig(
+            space=self.space, width_mult=self.width_mult, seed=self.seed, logging=self.logging,
+            eval=self.eval, **dict(self.pretrain),
+        )
