@@ -1,0 +1,358 @@
+"""Exporting a retrained detector, and loading its backbone into your own torchvision detector.
+
+``export_model(checkpoint, out_dir)`` writes, each file atomically (temp file + rename):
+
+- ``backbone.safetensors``: the backbone with its FPN (``BackboneWithFPN`` state: ``body.*``, ``fpn.*``)
+- ``detector.safetensors``: the whole detector (backbone, RPN and box heads, or RetinaNet's head)
+- ``arch.json``: the architecture, space, width, FPN shape, feature map names, class names and the
+  detector config; written last, so a complete ``arch.json`` means the export is complete
+- ``detector.onnx`` (unless ``onnx=False``): the whole detector for one image of any size.
+
+ONNX: torchvision's detectors contain data-dependent control flow (NMS keeps a data-dependent number
+of boxes), which ``torch.export`` cannot capture: in torch 2.14 the dynamo exporter
+(``torch.onnx.export(..., dynamo=True)``) fails on them with ``GuardOnDataDependentSymNode`` inside
+``batched_nms``. The TorchScript-based exporter (``dynamo=False``), which torchvision's own ONNX tests
+use, traces them correctly, with dynamic image height and width, so that is the one used here.
+
+``backbone(...)`` (also ``detnas.backbone``) builds the backbone for a plain torchvision detector.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import types
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from detnas.errors import UserError
+
+BACKBONE_FILE = "backbone.safetensors"
+DETECTOR_FILE = "detector.safetensors"
+ARCH_FILE = "arch.json"
+ONNX_FILE = "detector.onnx"
+EXPORT_FORMAT = "detnas-export"
+EXPORT_VERSION = 1
+ONNX_OPSET = 17
+DEFAULT_FPN_CHANNELS = 256  # torchvision's and the paper's; exports carry their own
+
+
+def feature_names(kind: str) -> list[str]:
+    """The names of the feature maps ``BackboneWithFPN`` returns (strides 4..64 or 8..128)."""
+    return ["p2", "p3", "p4", "p5", "pool"] if kind == "fpn" else ["p3", "p4", "p5", "p6", "p7"]
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temp file beside ``path``, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    # safetensors refuses views and tensors sharing storage: give it contiguous copies
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+class OneImageDetector(nn.Module):
+    """A torchvision detector as ``image -> (boxes, scores, labels)``: fixed output order (FasterRCNN
+    and RetinaNet build their output dicts in different key orders) and a tensor input, for ONNX."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        self.detector = copy.copy(detector)  # shallow: shares the weights, gets its own transform
+        self.detector.transform = copy.copy(detector.transform)
+        self.detector.transform.resize = types.MethodType(_resize_like_eager, self.detector.transform)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.detector([image])[0]
+        return out["boxes"], out["scores"], out["labels"]
+
+
+def _resize_like_eager(transform, image: torch.Tensor, target=None):
+    """``GeneralizedRCNNTransform.resize`` at inference, traceable with the eager output size.
+
+    torchvision's traced path computes the scale in float32, so where ``side * scale`` is a whole
+    number (e.g. 100 * 96/100) ONNX can resize to one pixel less than PyTorch; here the size is
+    computed as eager PyTorch does, ``floor(side * scale)`` in float64, and passed to the resize.
+    """
+    shape = torch._shape_as_tensor(image)[-2:].to(torch.float64)  # a traced value, not a constant
+    # only 1-d tensors: the exporter computes with Python scalars and 0-d tensors in float32
+    sides = torch.cat([shape.min(0, keepdim=True).values, shape.max(0, keepdim=True).values])
+    limits = torch.tensor([transform.min_size[-1], transform.max_size], dtype=torch.float64)
+    scale = (limits / sides).min(0, keepdim=True).values
+    size = torch.floor(shape * scale).to(torch.int64)
+    image = nn.functional.interpolate(image[None], size=(size[0], size[1]), mode="bilinear", align_corners=False)
+    return image[0], target
+
+
+def _export_onnx(detector: nn.Module, path: Path, min_size: int, max_size: int) -> None:
+    """The whole detector for one image: input ``image`` float32 [3, H, W] RGB in [0, 1] (any H, W);
+    outputs ``boxes`` [N, 4] (x1, y1, x2, y2 in the input's pixels), ``scores`` [N], ``labels`` [N]."""
+    model = OneImageDetector(detector).eval()
+    width = min(max_size, round(min_size * 4 / 3))
+    image = torch.rand(3, min_size, width, generator=torch.Generator().manual_seed(0))
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about Python values; expected for these models
+            torch.onnx.export(
+                model, (image,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
+                input_names=["image"], output_names=["boxes", "scores", "labels"],
+                dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
+                              "scores": {0: "detections"}, "labels": {0: "detections"}},
+            )
+
+    _atomic_write(path, write)
+
+
+def export_model(checkpoint: str | Path, out_dir: str | Path, onnx: bool = True) -> dict:
+    """Export the retrained detector in ``checkpoint`` to ``out_dir`` (see the module docstring).
+
+    Returns ``{"files": {name: path}, "arch": ..., "onnx_exporter": "torchscript" | None}``.
+    A supernet (``finetune``) checkpoint is refused with a one-line error suggesting ``detnas retrain``.
+    """
+    from detnas.detector import DetectorConfig
+    from detnas.inference import load_trained_detector
+
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    detector, info = load_trained_detector(checkpoint, "export")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError("export folder is an existing file", out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the export folder: {e.strerror}", out_dir) from None
+    cfg = DetectorConfig(**info["detector"])
+    body = detector.backbone.body
+    meta = {"format": EXPORT_FORMAT, "arch": info["arch"], "space": info["space"],
+            "width_mult": str(info["width_mult"]), "kind": cfg.kind}
+
+    state = detector.state_dict()
+    prefix = "backbone."
+    _save_safetensors(out_dir / BACKBONE_FILE,
+                      {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                      {**meta, "content": "BackboneWithFPN"})
+    _save_safetensors(out_dir / DETECTOR_FILE, state, {**meta, "content": "detector"})
+    files = {"backbone": BACKBONE_FILE, "detector": DETECTOR_FILE, "onnx": None}
+    exporter = None
+    onnx_path = out_dir / ONNX_FILE
+    if onnx:
+        _export_onnx(detector, onnx_path, cfg.min_size, cfg.max_size)
+        files["onnx"], exporter = ONNX_FILE, "torchscript"
+    elif onnx_path.exists():
+        onnx_path.unlink()  # a detector.onnx from an earlier export would not match this arch.json
+
+    arch_json = {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "arch": info["arch"],
+        "space": info["space"],
+        "width_mult": info["width_mult"],
+        "kind": cfg.kind,
+        "fpn_channels": cfg.fpn_channels,
+        "out_channels": detector.backbone.out_channels,
+        "stage_channels": list(body.stage_channels),
+        "feature_maps": feature_names(cfg.kind),
+        "classes": info["classes"],
+        "num_classes": len(info["classes"]),  # labels 1..K; torchvision's num_classes is K + 1
+        "detector": info["detector"],
+        "files": files,
+        "onnx": None if not onnx else {
+            "exporter": exporter, "opset": ONNX_OPSET,
+            "input": "image: float32 [3, height, width], RGB in [0, 1], any size (resized inside)",
+            "outputs": "boxes: float32 [N, 4] x1 y1 x2 y2 in input pixels; scores: float32 [N]; labels: int64 [N] in 1..K",
+        },
+        "checkpoint": str(checkpoint),
+        "step": info["step"],
+    }
+
+    def write_json(tmp: Path) -> None:
+        tmp.write_text(json.dumps(arch_json, indent=2) + "\n")
+
+    _atomic_write(out_dir / ARCH_FILE, write_json)
+    written = {name: out_dir / f for name, f in files.items() if f is not None}
+    return {"files": {**written, "arch": out_dir / ARCH_FILE}, "arch": info["arch"], "onnx_exporter": exporter}
+
+
+def _read_arch_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError("arch file not found", path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read arch file: {e}", path) from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}", path) from None
+    if not isinstance(data, dict):
+        raise UserError("expected a JSON object (an arch.json written by `detnas export`)", path)
+    for key in ("arch", "space"):
+        if not isinstance(data.get(key), str):
+            raise UserError(f"missing or invalid '{key}' (an arch.json written by `detnas export`)", path)
+    return data
+
+
+def _load_backbone_weights(module: nn.Module, weights: Path, space_meta: dict) -> None:
+    """Load ``weights`` into ``module`` (a ``BackboneWithFPN``): an exported ``backbone.safetensors``
+    or ``detector.safetensors``, a retrained detector checkpoint, or a classification pretraining
+    checkpoint (backbone body only; the FPN keeps its fresh initialisation)."""
+    if not weights.is_file():
+        raise UserError("weights file not found", weights)
+    if weights.suffix != ".safetensors":
+        from detnas.checkpoint import load_checkpoint
+
+        data = load_checkpoint(weights, ("retrain", "pretrain", "retrain-pretrain"), space_meta)
+        state = data.get("model")
+        if not isinstance(state, dict):
+            raise UserError("checkpoint has no model weights", weights)
+        if data["stage"] != "retrain":  # a classification network: its body, without the classifier head
+            state = {f"body.{k}": v for k, v in state.items() if not k.startswith("head.")}
+            _load_state(module, state, weights, body_only=True)
+            return
+    else:
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(weights))
+        except Exception as e:  # safetensors raises its own error type for truncated or foreign files
+            raise UserError(f"not a readable safetensors file: {str(e).splitlines()[0]}", weights) from None
+    if not any(k.startswith("body.") for k in state) and any(k.startswith("backbone.body.") for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}  # a whole detector
+    _load_state(module, state, weights)
+
+
+def _load_state(module: nn.Module, state: dict, weights: Path, body_only: bool = False) -> None:
+    """``module.load_state_dict(state)``, strict (``body_only``: the FPN may be missing); a mismatch is a
+    one-line ``UserError`` naming ``weights``."""
+    try:
+        result = module.load_state_dict(state, strict=not body_only)
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        raise UserError(f"the weights do not fit this backbone: {' '.join(lines[1:3])[:300]}", weights) from None
+    if body_only:
+        missing = [k for k in result.missing_keys if not k.startswith("fpn.")]
+        if missing or result.unexpected_keys:
+            shown = ", ".join((missing + result.unexpected_keys)[:3])
+            raise UserError(f"the weights do not fit this backbone (e.g. {shown})", weights)
+
+
+def _infer_fpn(weights: Path | None) -> tuple[str | None, int | None]:
+    """(kind, fpn_channels) read off an exported safetensors file, where there is one."""
+    if weights is None or weights.suffix != ".safetensors" or not weights.is_file():
+        return None, None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), "pt") as f:
+            keys = set(f.keys())
+            prefix = "backbone." if "backbone.fpn.inner_blocks.0.0.weight" in keys else ""
+            inner = f"{prefix}fpn.inner_blocks.0.0.weight"
+            channels = f.get_slice(inner).get_shape()[0] if inner in keys else None
+    except Exception:  # unreadable: _load_backbone_weights reports it
+        return None, None
+    return ("retinanet" if f"{prefix}fpn.extra_blocks.p6.weight" in keys else "fpn"), channels
+
+
+def backbone(
+    arch: str | Path | list[int],
+    space: str | None = None,
+    width_mult: float | None = None,
+    weights: str | Path | bool | None = None,
+    kind: str | None = None,
+    fpn_channels: int | None = None,
+) -> nn.Module:
+    """A DetNAS backbone with its FPN (``detnas.detector.BackboneWithFPN``), for torchvision detectors.
+
+    ``arch`` is one of:
+
+    - the path of an ``arch.json`` written by ``detnas export``: space, width, kind and FPN width come
+      from it, and ``weights`` defaults to the ``backbone.safetensors`` beside it (``weights=False``:
+      fresh initialisation);
+    - a digit string, a JSON list or a preset name (``detnas space`` lists them): ``space`` defaults to
+      the preset's or the one with that many blocks, ``width_mult`` to the preset's or 1.0, ``kind`` to
+      ``"fpn"`` (``"retinanet"``: P3-P7), ``fpn_channels`` to 256 (or what ``weights`` holds);
+      ``weights`` is optional.
+
+    ``weights`` may be a ``backbone.safetensors`` or ``detector.safetensors`` from ``detnas export``, a
+    retrained detector checkpoint, or a classification pretraining checkpoint (then only the body is
+    loaded). The module returns an ``OrderedDict`` of feature maps named ``p2, p3, p4, p5, pool``
+    (FPN; strides 4, 8, 16, 32, 64) or ``p3 ... p7`` (RetinaNet), each with ``out_channels`` channels.
+
+    Example: the exported backbone in a plain torchvision Faster R-CNN, with our anchors (one size per
+    level, doubling from ``anchor_size`` at P2) and RoI pooler (P2-P5, 7x7)::
+
+        import json, detnas, torchvision
+        from detnas.detector import DetectorConfig, anchor_generator, roi_pooler
+
+        meta = json.load(open("export/arch.json"))
+        cfg = DetectorConfig(**meta["detector"])
+        model = torchvision.models.detection.FasterRCNN(
+            detnas.backbone("export/arch.json"),
+            num_classes=len(meta["classes"]) + 1,  # + background
+            rpn_anchor_generator=anchor_generator(cfg),  # 5 levels: p2..p5 and pool
+            box_roi_pool=roi_pooler(cfg),  # MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], 7, 2)
+            min_size=cfg.min_size, max_size=cfg.max_size,
+        )
+
+    For a RetinaNet backbone (``kind="retinanet"``) pass ``anchor_generator=anchor_generator(cfg)`` to
+    ``torchvision.models.detection.RetinaNet``. The backbone's BatchNorm layers are ordinary
+    ``nn.BatchNorm2d``: with small per-GPU batches, freeze them or convert them to SyncBatchNorm.
+    """
+    from detnas.detector import BackboneWithFPN
+    from detnas.space import PRESETS, SPACES, get_space, parse_arch
+    from detnas.supernet import ShuffleNetBackbone
+
+    source: Path | None = None
+    text = arch if isinstance(arch, (str, Path)) else None
+    if isinstance(arch, Path) or (isinstance(arch, str) and (arch.endswith(".json") or os.sep in arch)):
+        source = Path(arch)
+        meta = _read_arch_json(source)
+        for name, given, stored in (("space", space, meta.get("space")), ("width_mult", width_mult, meta.get("width_mult")),
+                                    ("kind", kind, meta.get("kind")), ("fpn_channels", fpn_channels, meta.get("fpn_channels"))):
+            if given is not None and stored is not None and given != stored:
+                raise UserError(f"{name}={given!r} was given but the export has {name}={stored!r}", source)
+        text, space, width_mult = meta["arch"], meta["space"], meta.get("width_mult", 1.0)
+        kind, fpn_channels = meta.get("kind", "fpn"), meta.get("fpn_channels")
+        if weights is None:
+            weights = source.parent / meta.get("files", {}).get("backbone", BACKBONE_FILE)
+    preset = PRESETS.get(text.strip()) if isinstance(text, str) else None
+    if weights is False:
+        weights = None
+    elif weights is True:
+        raise UserError("weights=True is ambiguous: give the path of a weights file")
+    weights = None if weights is None else Path(weights)
+    inferred_kind, inferred_channels = _infer_fpn(weights)
+    kind = kind or inferred_kind or "fpn"
+    if kind not in ("fpn", "retinanet"):
+        raise UserError(f"kind must be 'fpn' or 'retinanet', got {kind!r}", source)
+    fpn_channels = fpn_channels or inferred_channels or DEFAULT_FPN_CHANNELS
+    try:
+        if space is None:
+            space = preset.space if preset else None
+        values = parse_arch(text if text is not None else arch)
+        if space is None:
+            space = next(name for name, sp in SPACES.items() if sp.num_blocks == len(values))
+        if width_mult is None:
+            width_mult = preset.width_mult if preset else 1.0
+        search_space = get_space(space, float(width_mult))
+        values = parse_arch(text if text is not None else arch, search_space)
+    except ValueError as e:  # ArchError included
+        raise UserError(str(e), source) from None
+    module = BackboneWithFPN(ShuffleNetBackbone(search_space, values), kind, int(fpn_channels))
+    if weights is not None:
+        _load_backbone_weights(module, weights, {"space": space, "width_mult": float(width_mult)})
+    return module
