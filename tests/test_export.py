@@ -15,7 +15,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from typer.testing import CliRunner
 
 import detnas
-from data_builders import make_coco
+from data_builders import make_coco, make_voc
 from detnas.checkpoint import load_checkpoint, save_checkpoint
 from detnas.cocoeval import format_metrics_table
 from detnas.commands_export import evaluate_cmd, export_cmd
@@ -24,7 +24,7 @@ from detnas.data.transforms import DetectionTransform
 from detnas.detector import DetectorConfig, anchor_generator, build_detector, roi_pooler
 from detnas.errors import UserError
 from detnas.evaluate import detection_metrics, detector_backbone_forward, recalibrate_bn
-from detnas.export import export_model
+from detnas.export import OneImageDetector, export_model
 from detnas.inference import evaluate_checkpoint, load_trained_detector
 from detnas.space import get_space, parse_arch
 from detnas.supernet import ShuffleNetBackbone
@@ -64,19 +64,26 @@ def make_retrained(path, kind: str = "fpn", classes=CLASSES, stage: str = "retra
     return det
 
 
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory):
+    """kind -> (checkpoint path, the detector in it), each built once for this module."""
+    root = tmp_path_factory.mktemp("retrained")
+    return {kind: (root / f"{kind}.pt", make_retrained(root / f"{kind}.pt", kind)) for kind in ("fpn", "retinanet")}
+
+
 @pytest.fixture(scope="module", params=["fpn", "retinanet"])
-def exported(request, tmp_path_factory):
+def exported(request, retrained, tmp_path_factory):
     """(our detector, export folder) for each detector kind; ONNX is exported by its own test."""
     root = tmp_path_factory.mktemp(request.param)
-    det = make_retrained(root / "retrain.pt", request.param)
-    result = export_model(root / "retrain.pt", root / "export", onnx=False)
+    ckpt, det = retrained[request.param]
+    result = export_model(ckpt, root / "export", onnx=False)
     assert result["onnx_exporter"] is None and not (root / "export" / "detector.onnx").exists()
     return det, root / "export"
 
 
-def test_load_trained_detector_rebuilds_the_checkpoint(tmp_path):
-    det = make_retrained(tmp_path / "r.pt")
-    loaded, info = load_trained_detector(tmp_path / "r.pt")
+def test_load_trained_detector_rebuilds_the_checkpoint(retrained):
+    ckpt, det = retrained["fpn"]
+    loaded, info = load_trained_detector(ckpt)
     assert not loaded.training
     assert info == {"arch": ARCH, "space": "small", "width_mult": 1.0, "classes": CLASSES, "kind": "fpn",
                     "detector": tiny_cfg("fpn").model_dump(mode="json"), "step": 7}
@@ -93,7 +100,8 @@ def test_export_files(exported):
     assert meta["stage_channels"] == [64, 160, 320, 640]
     assert meta["classes"] == CLASSES and meta["num_classes"] == 2
     assert meta["detector"] == cfg.model_dump(mode="json")
-    assert meta["feature_maps"] == (["p2", "p3", "p4", "p5", "pool"] if cfg.kind == "fpn" else ["p3", "p4", "p5", "p6", "p7"])
+    levels = ["p2", "p3", "p4", "p5", "pool"] if cfg.kind == "fpn" else ["p3", "p4", "p5", "p6", "p7"]
+    assert meta["feature_maps"] == levels
     state = det.state_dict()
     whole, bb = load_file(str(out / "detector.safetensors")), load_file(str(out / "backbone.safetensors"))
     assert whole.keys() == state.keys() and all(torch.equal(whole[k], state[k]) for k in state)
@@ -179,10 +187,10 @@ def matched(ref: dict, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray
 
 
 @pytest.mark.parametrize("kind", ["fpn", "retinanet"])
-def test_onnx_export_matches_pytorch(tmp_path, kind):
+def test_onnx_export_matches_pytorch(tmp_path, retrained, kind):
     ort = pytest.importorskip("onnxruntime")
-    det = make_retrained(tmp_path / "r.pt", kind)
-    result = export_model(tmp_path / "r.pt", tmp_path / "out")
+    ckpt, det = retrained[kind]
+    result = export_model(ckpt, tmp_path / "out")
     assert result["onnx_exporter"] == "torchscript"
     meta = json.loads((tmp_path / "out" / "arch.json").read_text())
     assert meta["files"]["onnx"] == "detector.onnx" and meta["onnx"]["exporter"] == "torchscript"
@@ -199,6 +207,10 @@ def test_onnx_export_matches_pytorch(tmp_path, kind):
         assert len(ref["boxes"]) >= 10 and boxes.shape == tuple(ref["boxes"].shape) == (len(scores), 4)
         assert len(np.unique(scores)) > len(scores) // 2  # mostly distinct scores: matching is meaningful
         assert labels.dtype == np.int64 and set(labels.tolist()) <= {0, 1, 2}
+        with torch.no_grad():  # the traceable resize used for ONNX is torchvision's resize, exactly
+            wrapped = OneImageDetector(det)(image)
+        assert all(torch.equal(t, ref[k]) for t, k in zip(wrapped, ["boxes", "scores", "labels"], strict=True))
+        assert "resize" not in vars(det.transform)  # the detector itself is left as it was
         ok = matched(ref, boxes, scores, labels)
         assert ok[:10].all() and ok.mean() >= 0.9, ok
         back = matched({"boxes": torch.from_numpy(boxes), "scores": torch.from_numpy(scores),
@@ -208,13 +220,12 @@ def test_onnx_export_matches_pytorch(tmp_path, kind):
 
 
 @pytest.fixture(scope="module")
-def coco(tmp_path_factory):
+def coco(tmp_path_factory, retrained):
     """(annotations, images, checkpoint): a tiny COCO set whose objects are boxes this (untrained)
     detector predicts, some with the predicted class and some with the other, so that its AP is
     neither 0 nor 1 and comparing metrics means something."""
     root = tmp_path_factory.mktemp("coco")
-    ckpt = root / "retrain.pt"
-    det = make_retrained(ckpt)
+    ckpt, det = retrained["fpn"]
     ann, images = make_coco(root, n_images=4, size=(80, 64))
     cfg = tiny_cfg("fpn")
     dataset = load_coco(ann, images).with_transform(DetectionTransform(cfg.min_size, cfg.max_size))
@@ -284,6 +295,12 @@ def test_cli_evaluate_and_export(tmp_path, coco):
     assert list(metrics) == ["AP", "AP50", "AP75", "APs", "APm", "APl"] and metrics["AP50"] > 0
     assert written["arch"] == ARCH and written["data"]["annotations"] == str(ann)
     assert format_metrics_table(metrics) in res.output
+    voc = make_voc(tmp_path / "voc", {"a": [("dog", (11, 6, 30, 25))], "b": [("cat", (5, 5, 20, 40), 1)]},
+                   splits={"test": ["a"]})
+    res = runner.invoke(cli(), ["evaluate", "--checkpoint", str(ckpt), "--voc-root", str(voc), "--voc-split", "test"])
+    assert res.exit_code == 0, res.output
+    assert format_metrics_table(evaluate_checkpoint(ckpt, DetectionSource(format="voc", root=voc, split="test"))) \
+        in res.output
     res = runner.invoke(cli(), ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "e"),
                                 "--no-onnx"])
     assert res.exit_code == 0, res.output
@@ -305,8 +322,8 @@ def test_bad_inputs_are_one_line_errors_naming_the_file(tmp_path, coco):
         (lambda: export_model(finetune, tmp_path / "o"), finetune, "detnas retrain"),
         (lambda: evaluate_checkpoint(finetune, source), finetune, "detnas retrain"),
         (lambda: evaluate_checkpoint(missing, source), missing, "not found"),
-        (lambda: detnas.backbone(ARCH, weights=garbage.with_suffix(".safetensors")), garbage.with_suffix(".safetensors"),
-         "not found"),
+        (lambda: detnas.backbone(ARCH, weights=missing.with_suffix(".safetensors")),
+         missing.with_suffix(".safetensors"), "not found"),
         (lambda: detnas.backbone(str(tmp_path / "arch.json")), tmp_path / "arch.json", "not found"),
     ]
     bad_st = tmp_path / "bad.safetensors"

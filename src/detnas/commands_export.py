@@ -35,7 +35,9 @@ def evaluate_cmd(
     coco_annotations: Annotated[Optional[Path], typer.Option(help="COCO annotation JSON")] = None,
     images: Annotated[Optional[Path], typer.Option(help="folder of the COCO images")] = None,
     voc_root: Annotated[Optional[Path], typer.Option(help="Pascal VOC folder (Annotations/, JPEGImages/)")] = None,
-    voc_split: Annotated[Optional[str], typer.Option(help="VOC split: ImageSets/Main/<split>.txt (default: all)")] = None,
+    voc_split: Annotated[
+        Optional[str], typer.Option(help="VOC split: ImageSets/Main/<split>.txt (default: all)")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 8,
     out: Annotated[Optional[Path], typer.Option("--out", help="also write the metrics to this JSON file")] = None,
 ) -> None:

@@ -74,7 +74,9 @@ class OneImageDetector(nn.Module):
 
     def __init__(self, detector: nn.Module):
         super().__init__()
-        self.detector = copy.copy(detector)  # shallow: shares the weights, gets its own transform
+        # a shallow copy that shares the weights but has its own transform, so ``detector`` is unchanged
+        self.detector = copy.copy(detector)
+        self.detector._modules = dict(detector._modules)
         self.detector.transform = copy.copy(detector.transform)
         self.detector.transform.resize = types.MethodType(_resize_like_eager, self.detector.transform)
 
@@ -175,7 +177,8 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, onnx: bool = True)
         "onnx": None if not onnx else {
             "exporter": exporter, "opset": ONNX_OPSET,
             "input": "image: float32 [3, height, width], RGB in [0, 1], any size (resized inside)",
-            "outputs": "boxes: float32 [N, 4] x1 y1 x2 y2 in input pixels; scores: float32 [N]; labels: int64 [N] in 1..K",
+            "outputs": "boxes: float32 [N, 4] x1 y1 x2 y2 in input pixels; scores: float32 [N]; "
+                       "labels: int64 [N] in 1..K",
         },
         "checkpoint": str(checkpoint),
         "step": info["step"],
@@ -321,8 +324,9 @@ def backbone(
     if isinstance(arch, Path) or (isinstance(arch, str) and (arch.endswith(".json") or os.sep in arch)):
         source = Path(arch)
         meta = _read_arch_json(source)
-        for name, given, stored in (("space", space, meta.get("space")), ("width_mult", width_mult, meta.get("width_mult")),
-                                    ("kind", kind, meta.get("kind")), ("fpn_channels", fpn_channels, meta.get("fpn_channels"))):
+        given_args = {"space": space, "width_mult": width_mult, "kind": kind, "fpn_channels": fpn_channels}
+        for name, given in given_args.items():
+            stored = meta.get(name)
             if given is not None and stored is not None and given != stored:
                 raise UserError(f"{name}={given!r} was given but the export has {name}={stored!r}", source)
         text, space, width_mult = meta["arch"], meta["space"], meta.get("width_mult", 1.0)
