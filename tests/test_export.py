@@ -341,3 +341,25 @@ def test_bad_inputs_are_one_line_errors_naming_the_file(tmp_path, coco):
     assert isinstance(res.exception, UserError) and "detnas retrain" in str(res.exception)
     res = runner.invoke(cli(), ["evaluate", "--checkpoint", str(finetune), "--images", str(images)])
     assert isinstance(res.exception, UserError) and "--coco-annotations" in str(res.exception)
+
+
+def test_backbone_inherits_a_supernet_path(tmp_path):
+    """Weights from a supernet finetune checkpoint: the path's blocks, FPN included, as extracted."""
+    from detnas.detector import extract_detector
+
+    torch.manual_seed(0)
+    space, cfg = get_space("small"), tiny_cfg("fpn")
+    supernet = build_detector(ShuffleNetBackbone(space), 2, cfg)
+    with torch.no_grad():
+        for name, buf in supernet.named_buffers():
+            if name.endswith("running_mean"):
+                buf.normal_()  # a path's statistics differ from a fresh network's
+    save_checkpoint(tmp_path / "finetune.pt", {"stage": "finetune", "space": {"space": "small", "width_mult": 1.0},
+                                               "classes": CLASSES, "model": supernet.state_dict()})
+    expected = extract_detector(supernet, parse_arch(ARCH), 2, cfg).backbone.eval()
+    got = detnas.backbone(ARCH, weights=tmp_path / "finetune.pt").eval()
+    assert got.out_channels == 16
+    ref_state, got_state = expected.state_dict(), got.state_dict()
+    assert ref_state.keys() == got_state.keys() and all(torch.equal(ref_state[k], got_state[k]) for k in ref_state)
+    with pytest.raises(UserError, match="space"):
+        detnas.backbone(ARCH, space="small", width_mult=0.5, weights=tmp_path / "finetune.pt")

@@ -209,33 +209,48 @@ def _read_arch_json(path: Path) -> dict:
     return data
 
 
-def _load_backbone_weights(module: nn.Module, weights: Path, space_meta: dict) -> None:
-    """Load ``weights`` into ``module`` (a ``BackboneWithFPN``): an exported ``backbone.safetensors``
-    or ``detector.safetensors``, a retrained detector checkpoint, or a classification pretraining
-    checkpoint (backbone body only; the FPN keeps its fresh initialisation)."""
-    if not weights.is_file():
-        raise UserError("weights file not found", weights)
-    if weights.suffix != ".safetensors":
-        from detnas.checkpoint import load_checkpoint
+WEIGHT_STAGES = ("retrain", "retrain-pretrain", "pretrain", "finetune")
 
-        data = load_checkpoint(weights, ("retrain", "pretrain", "retrain-pretrain"), space_meta)
-        state = data.get("model")
-        if not isinstance(state, dict):
-            raise UserError("checkpoint has no model weights", weights)
-        if data["stage"] != "retrain":  # a classification network: its body, without the classifier head
-            state = {f"body.{k}": v for k, v in state.items() if not k.startswith("head.")}
-            _load_state(module, state, weights, body_only=True)
-            return
-    else:
+
+def _read_weights(path: Path, arch, space_meta: dict) -> tuple[dict, bool]:
+    """The state of ``arch``'s ``BackboneWithFPN`` held by ``path`` (keys ``body.*``, ``fpn.*``), and
+    whether it holds the body only (a classification network: the FPN keeps its fresh initialisation).
+
+    ``path``: an exported ``backbone.safetensors`` or ``detector.safetensors``, or one of our
+    checkpoints: a retrained detector, a retrain-pretraining network, or a supernet (pretrain or
+    finetune), whose weights on ``arch``'s path are taken.
+    """
+    from detnas.space import arch_to_str
+    from detnas.supernet import supernet_key_to_subnet
+
+    if not path.is_file():
+        raise UserError("weights file not found", path)
+    stage = None
+    if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
-            state = load_file(str(weights))
+            state = load_file(str(path))
         except Exception as e:  # safetensors raises its own error type for truncated or foreign files
-            raise UserError(f"not a readable safetensors file: {str(e).splitlines()[0]}", weights) from None
-    if not any(k.startswith("body.") for k in state) and any(k.startswith("backbone.body.") for k in state):
+            raise UserError(f"not a readable safetensors file: {str(e).splitlines()[0]}", path) from None
+    else:
+        from detnas.checkpoint import load_checkpoint
+
+        data = load_checkpoint(path, WEIGHT_STAGES, space_meta)
+        stage, state = data["stage"], data.get("model")
+        if not isinstance(state, dict):
+            raise UserError("checkpoint has no model weights", path)
+        if stage in ("retrain", "retrain-pretrain") and data.get("arch") not in (None, arch_to_str(arch)):
+            raise UserError(f"checkpoint is for architecture {data.get('arch')}, not {arch_to_str(arch)}", path)
+    body_only = stage in ("pretrain", "retrain-pretrain")
+    if body_only:  # a classification network: its body, without the classifier head
+        state = {f"body.{k}": v for k, v in state.items() if not k.startswith("head.")}
+    elif not any(k.startswith("body.") for k in state) and any(k.startswith("backbone.body.") for k in state):
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}  # a whole detector
-    _load_state(module, state, weights)
+    if stage in ("pretrain", "finetune"):  # a supernet: the choices on this path
+        mapped = ((supernet_key_to_subnet(k, arch, prefix="body."), v) for k, v in state.items())
+        state = {k: v for k, v in mapped if k is not None}
+    return state, body_only
 
 
 def _load_state(module: nn.Module, state: dict, weights: Path, body_only: bool = False) -> None:
@@ -253,21 +268,12 @@ def _load_state(module: nn.Module, state: dict, weights: Path, body_only: bool =
             raise UserError(f"the weights do not fit this backbone (e.g. {shown})", weights)
 
 
-def _infer_fpn(weights: Path | None) -> tuple[str | None, int | None]:
-    """(kind, fpn_channels) read off an exported safetensors file, where there is one."""
-    if weights is None or weights.suffix != ".safetensors" or not weights.is_file():
+def _fpn_shape(state: dict) -> tuple[str | None, int | None]:
+    """(kind, fpn_channels) of the FPN whose weights are in ``state``, if any."""
+    inner = state.get("fpn.inner_blocks.0.0.weight")
+    if inner is None:
         return None, None
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(weights), "pt") as f:
-            keys = set(f.keys())
-            prefix = "backbone." if "backbone.fpn.inner_blocks.0.0.weight" in keys else ""
-            inner = f"{prefix}fpn.inner_blocks.0.0.weight"
-            channels = f.get_slice(inner).get_shape()[0] if inner in keys else None
-    except Exception:  # unreadable: _load_backbone_weights reports it
-        return None, None
-    return ("retinanet" if f"{prefix}fpn.extra_blocks.p6.weight" in keys else "fpn"), channels
+    return ("retinanet" if "fpn.extra_blocks.p6.weight" in state else "fpn"), int(inner.shape[0])
 
 
 def backbone(
@@ -291,8 +297,9 @@ def backbone(
       ``weights`` is optional.
 
     ``weights`` may be a ``backbone.safetensors`` or ``detector.safetensors`` from ``detnas export``, a
-    retrained detector checkpoint, or a classification pretraining checkpoint (then only the body is
-    loaded). The module returns an ``OrderedDict`` of feature maps named ``p2, p3, p4, p5, pool``
+    retrained detector checkpoint, a classification pretraining checkpoint (then only the body is
+    loaded), or a supernet checkpoint (``pretrain``/``finetune``: the weights on ``arch``'s path; their
+    BN statistics mix all paths, so recalibrate them or retrain). The module returns an ``OrderedDict`` of feature maps named ``p2, p3, p4, p5, pool``
     (FPN; strides 4, 8, 16, 32, 64) or ``p3 ... p7`` (RetinaNet), each with ``out_channels`` channels.
 
     Example: the exported backbone in a plain torchvision Faster R-CNN, with our anchors (one size per
@@ -339,11 +346,6 @@ def backbone(
     elif weights is True:
         raise UserError("weights=True is ambiguous: give the path of a weights file")
     weights = None if weights is None else Path(weights)
-    inferred_kind, inferred_channels = _infer_fpn(weights)
-    kind = kind or inferred_kind or "fpn"
-    if kind not in ("fpn", "retinanet"):
-        raise UserError(f"kind must be 'fpn' or 'retinanet', got {kind!r}", source)
-    fpn_channels = fpn_channels or inferred_channels or DEFAULT_FPN_CHANNELS
     try:
         if space is None:
             space = preset.space if preset else None
@@ -356,7 +358,15 @@ def backbone(
         values = parse_arch(text if text is not None else arch, search_space)
     except ValueError as e:  # ArchError included
         raise UserError(str(e), source) from None
-    module = BackboneWithFPN(ShuffleNetBackbone(search_space, values), kind, int(fpn_channels))
+    state, body_only = None, False
     if weights is not None:
-        _load_backbone_weights(module, weights, {"space": space, "width_mult": float(width_mult)})
+        state, body_only = _read_weights(weights, values, {"space": space, "width_mult": float(width_mult)})
+        stored_kind, stored_channels = _fpn_shape(state)
+        kind, fpn_channels = kind or stored_kind, fpn_channels or stored_channels
+    kind = kind or "fpn"
+    if kind not in ("fpn", "retinanet"):
+        raise UserError(f"kind must be 'fpn' or 'retinanet', got {kind!r}", source)
+    module = BackboneWithFPN(ShuffleNetBackbone(search_space, values), kind, int(fpn_channels or DEFAULT_FPN_CHANNELS))
+    if state is not None:
+        _load_state(module, state, weights, body_only)
     return module
