@@ -299,7 +299,8 @@ def backbone(
     ``weights`` may be a ``backbone.safetensors`` or ``detector.safetensors`` from ``detnas export``, a
     retrained detector checkpoint, a classification pretraining checkpoint (then only the body is
     loaded), or a supernet checkpoint (``pretrain``/``finetune``: the weights on ``arch``'s path; their
-    BN statistics mix all paths, so recalibrate them or retrain). The module returns an ``OrderedDict`` of feature maps named ``p2, p3, p4, p5, pool``
+    BN statistics mix all paths, so recalibrate them or retrain). The module returns an ``OrderedDict``
+    of feature maps named ``p2, p3, p4, p5, pool``
     (FPN; strides 4, 8, 16, 32, 64) or ``p3 ... p7`` (RetinaNet), each with ``out_channels`` channels.
 
     Example: the exported backbone in a plain torchvision Faster R-CNN, with our anchors (one size per
