@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,6 +23,8 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run killed while saving
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -31,6 +33,13 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _first_sentence(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    if not text or text.isdigit():  # e.g. KeyError(101)
+        return type(e).__name__ + (f" {text}" if text else "")
+    return text.split(". ")[0][:160]
 
 
 def load_checkpoint(path: str | Path, stage: str | tuple[str, ...] | None = None, space: dict | None = None) -> dict:
@@ -42,10 +51,15 @@ def load_checkpoint(path: str | Path, stage: str | tuple[str, ...] | None = None
     if not path.is_file():
         raise UserError("checkpoint not found", path)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"not a readable checkpoint (truncated or not a torch file): {first}", path) from None
+        with warnings.catch_warnings():  # e.g. about the pickle protocol of a foreign file: one line only
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError("not a detnas checkpoint: it holds Python objects that a weights-only load refuses "
+                        "to unpickle", path) from None
+    except Exception as e:  # torch raises RuntimeError, OSError, EOFError, KeyError... on damaged files
+        raise UserError(f"not a readable checkpoint (truncated, damaged or not a torch file): {_first_sentence(e)}",
+                        path) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError("not a detnas checkpoint", path)
     if data.get("version") != VERSION:

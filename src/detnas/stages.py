@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -13,7 +15,7 @@ from detnas.data.detection import collate
 from detnas.data.sources import load_detection
 from detnas.data.transforms import DetectionTransform
 from detnas.detector import build_detector, set_path
-from detnas.distributed import is_main
+from detnas.errors import UserError
 from detnas.evaluate import decoded_batches, evaluate_classification_path, evaluate_detection_path
 from detnas.search_split import SPLIT_FILE, carve_holdout
 from detnas.space import Arch, SearchSpace, arch_to_str, get_space, parse_arch
@@ -35,12 +37,22 @@ def eval_archs(space: SearchSpace, cfg: EvalConfig, seed: int, sampling) -> list
     return [(0,) * n, (3,) * n, path_for_step(space, seed + 1, 0, sampling)]
 
 
+@contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Build models under this: their initial weights become a function of the config's seed (the
+    same in every run and on every worker), and the caller's global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def pretrain_job(cfg: PretrainConfig) -> Job:
     space = get_space(cfg.space, cfg.width_mult)
     size = cfg.data.image_size
     train_set = ImageFolderDataset(cfg.data.train, classification_transform(size, True, cfg.data.flip), cfg.seed)
     val_set = ImageFolderDataset(cfg.data.val, classification_transform(size, False))
-    model = ShuffleNetBackbone(space, num_classes=len(train_set.classes), dropout=cfg.dropout)
+    with seeded_init(cfg.seed):
+        model = ShuffleNetBackbone(space, num_classes=len(train_set.classes), dropout=cfg.dropout)
 
     def loss(model, batch, arch, device):
         x, y = batch
@@ -66,11 +78,16 @@ def pretrain_job(cfg: PretrainConfig) -> Job:
 def load_backbone_weights(body: ShuffleNetBackbone, ckpt_path: Path, space: dict) -> None:
     """Initialise ``body`` from a pretraining checkpoint (its classification head is dropped)."""
     state = load_checkpoint(ckpt_path, ("pretrain", "retrain-pretrain"), space)["model"]
-    body.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")})
+    try:
+        body.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")})
+    except RuntimeError as e:  # e.g. saved by another version: missing keys or other shapes
+        raise UserError(f"backbone weights do not fit this space: {' '.join(str(e).split())[:200]}",
+                        ckpt_path) from None
 
 
 def finetune_job(cfg: FinetuneConfig, out_dir: Path) -> Job:
-    """Path-wise detection finetuning of the supernet; the search split is held out and saved."""
+    """Path-wise detection finetuning of the supernet; the search split is held out, and saved into
+    ``out_dir`` by ``run_training`` (which first checks that the folder holds no other run)."""
     space = get_space(cfg.space, cfg.width_mult)
     det = cfg.detector
     full = load_detection(cfg.data.train, DetectionTransform(det.min_size, det.max_size, cfg.data.flip), cfg.seed)
@@ -78,13 +95,12 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path) -> Job:
     if cfg.data.holdout.size:
         keep, held = carve_holdout(len(full), cfg.data.holdout.size, cfg.data.holdout.seed)
         train_set, holdout = full.subset(keep), full.subset(held)
-        if is_main():
-            holdout.save_coco(Path(out_dir) / SPLIT_FILE)
     num_classes = len(full.categories)
-    body = ShuffleNetBackbone(space)
+    with seeded_init(cfg.seed):
+        body = ShuffleNetBackbone(space)
+        model = build_detector(body, num_classes, det)
     if cfg.init is not None:
         load_backbone_weights(body, cfg.init, space_meta(cfg))
-    model = build_detector(body, num_classes, det)
 
     def loss(model, batch, arch, device):
         images, targets = batch
@@ -111,4 +127,6 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path) -> Job:
         "finetune", model, train_set, collate, loss,
         lambda step: path_for_step(space, cfg.seed, step, cfg.sampling), final_eval,
         {"space": space_meta(cfg), "classes": full.categories, "config": cfg.model_dump(mode="json")},
+        # written by the training loop once it knows that ``out_dir`` holds no other run
+        write_files=None if holdout is None else lambda out: holdout.save_coco(Path(out) / SPLIT_FILE),
     )

@@ -21,13 +21,20 @@ import torch
 from torch import nn
 
 from detnas.checkpoint import load_checkpoint, save_checkpoint
-from detnas.distributed import allreduce_gradients, convert_sync_batchnorm, init_distributed, is_main
+from detnas.distributed import (
+    allreduce_gradients, broadcast_object, convert_sync_batchnorm, init_distributed, is_distributed, is_main,
+)
+from detnas.errors import UserError
 from detnas.flops import sample_arch
 from detnas.space import Arch, SearchSpace, arch_to_str
 from detnas.train_config import SamplingConfig, ScheduleConfig
 from detnas.train_log import TrainLog
 
 CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingDiverged(UserError, FloatingPointError):
+    """The loss became NaN or infinite: a one-line error (a config problem, not a crash)."""
 
 
 def path_for_step(space: SearchSpace, seed: int, step: int, sampling: SamplingConfig) -> Arch:
@@ -82,6 +89,74 @@ class Job:
     arch_for_step: Callable[[int], Arch]
     final_eval: Callable[[nn.Module], dict]
     meta: dict = field(default_factory=dict)  # saved in the checkpoint: space, classes, configs
+    # files the run writes into its folder before training (main worker only, after the check that
+    # the folder holds no other run): e.g. the held-out search split of finetuning
+    write_files: Callable[[Path], None] | None = None
+
+
+# config sections that may change between an interrupted run and its resumption: they do not change
+# the trained weights
+RESUMABLE_CHANGES = ("logging", "eval", "data.workers")
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (ignoring ``RESUMABLE_CHANGES``)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        name = f"{prefix}{key}"
+        if name in RESUMABLE_CHANGES or old.get(key) == new.get(key):
+            continue
+        if isinstance(old.get(key), dict) and isinstance(new.get(key), dict):
+            out += config_changes(old[key], new[key], name + ".")
+        else:
+            out.append(name)
+    return out
+
+
+def broadcast_state(model: nn.Module) -> None:
+    """Give every worker rank 0's parameters and buffers (one broadcast per dtype), so that workers
+    start equal even if their models were built differently; DDP does the same at construction."""
+    if not is_distributed():
+        return
+    import torch.distributed as tdist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in model.state_dict(keep_vars=True).values():
+        by_dtype.setdefault(t.dtype, []).append(t.data)
+    for tensors in by_dtype.values():
+        flat = _flatten_dense_tensors(tensors)
+        tdist.broadcast(flat, src=0)
+        for t, synced in zip(tensors, _unflatten_dense_tensors(flat, tensors)):
+            t.copy_(synced)
+
+
+def mean_over_workers(value: float) -> float:
+    if not is_distributed():
+        return value
+    import torch.distributed as tdist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    tdist.all_reduce(t)
+    return t.item() / tdist.get_world_size()
+
+
+def train_step(model: nn.Module, job: Job, batch, arch: Arch, device: torch.device, params: list[nn.Parameter],
+               optimizer: torch.optim.Optimizer, grad_clip: float | None) -> tuple[float, int]:
+    """One path-wise step: forward and backward on ``arch`` only, averaged gradients, SGD update of
+    the parameters that got a gradient. Returns (loss averaged over workers, images on this worker)."""
+    model.train()
+    loss, n_images = job.loss(model, batch, arch, device)
+    value = mean_over_workers(loss.item())  # all workers see a NaN of one, and stop together
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"loss is {value} (path {arch_to_str(arch)})")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    allreduce_gradients(params)
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip)
+    optimizer.step()
+    return value, n_images
 
 
 def batches_from(job: Job, schedule: ScheduleConfig, seed: int, workers: int, rank: int, world: int,
@@ -111,11 +186,16 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
                  progress: bool = True, stop_after: int | None = None) -> dict:
     """Train ``job`` for ``schedule.iters`` steps (resuming from ``out_dir`` if asked) and evaluate it.
 
-    ``stop_after`` ends the run early after that many steps in this call (for tests of resume).
+    ``stop_after`` ends the run early after that many steps in this call, with a checkpoint there
+    (for tests of resume).
     """
     dist = init_distributed()
     device = dist.device
     out_dir = Path(out_dir)
+    ckpt_path = out_dir / CHECKPOINT
+    # rank 0 decides, so that all workers stop together when the folder holds another run
+    if broadcast_object(not resume and ckpt_path.exists() if is_main() else None):
+        raise_exists(ckpt_path)
     torch.manual_seed(seed)
     model = convert_sync_batchnorm(job.model.to(device), device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -123,16 +203,20 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
                                 momentum=schedule.momentum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule))
     step = 0
-    ckpt_path = out_dir / CHECKPOINT
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, job.stage, job.meta.get("space"))
+        changed = config_changes(state.get("config", {}), job.meta.get("config", {}))
+        if changed:
+            raise UserError(f"this run was started with another config (differs in {', '.join(changed)}): "
+                            "resume with the same config, or choose another --out", ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         step = state["step"]
-    elif resume is False and ckpt_path.exists() and is_main():
-        raise_exists(ckpt_path)
+    broadcast_state(model)
+    if job.write_files is not None and is_main():
+        job.write_files(out_dir)
 
     def save() -> None:
         if is_main():
@@ -144,37 +228,33 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
 
     log = TrainLog(out_dir, job.stage, schedule.iters, start=step, enabled=is_main(), progress=progress)
     batches = batches_from(job, schedule, seed, workers, dist.rank, dist.world_size, step)
-    window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+    window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
     with log:
         while step < schedule.iters and (stop_after is None or stop_after > 0):
             arch = job.arch_for_step(step)
-            model.train()
-            loss, n_images = job.loss(model, next(batches), arch, device)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step} (path {arch_to_str(arch)})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            allreduce_gradients(params)
-            if schedule.grad_clip is not None:
-                nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], schedule.grad_clip)
-            optimizer.step()
+            try:
+                loss, n_images = train_step(model, job, next(batches), arch, device, params, optimizer,
+                                            schedule.grad_clip)
+            except TrainingDiverged as e:
+                raise TrainingDiverged(f"training diverged at step {step + 1}: {e}; lower train.lr, raise "
+                                       "train.warmup_iters or set train.grad_clip") from None
             scheduler.step()
             step += 1
             stop_after = None if stop_after is None else stop_after - 1
-            window_loss += loss.item()
+            window_loss += loss
+            window_steps += 1
             window_images += n_images * dist.world_size
             if step % log_every == 0 or step == schedule.iters:
                 elapsed = time.perf_counter() - window_start
-                n_steps = (step - 1) % log_every + 1
                 log.scalars(step, {
-                    "loss": window_loss / n_steps,
+                    "loss": window_loss / window_steps,
                     "lr": optimizer.param_groups[0]["lr"],
                     "images_per_s": window_images / max(elapsed, 1e-9),
                 }, arch=arch_to_str(arch))
-                window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+                window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
             else:
                 log.advance(step)
-            if step % checkpoint_every == 0 or step == schedule.iters:
+            if step % checkpoint_every == 0 or step == schedule.iters or stop_after == 0:
                 save()
     if step < schedule.iters:
         return {"step": step, "finished": False}
@@ -186,7 +266,5 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
 
 
 def raise_exists(path: Path) -> None:
-    from detnas.errors import UserError
-
     raise UserError("a finished or interrupted run is already here: pass --resume, or choose another --out",
                     path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -23,16 +24,18 @@ class TrainLog:
             disable=not (enabled and progress),
         )
         self._task = self._bar.add_task(stage, total=total, completed=start, info="")
+        self.start = start
         self._jsonl = None
         self._tb = None
 
     def __enter__(self) -> TrainLog:
         if self.enabled:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(self.out_dir / "log.jsonl", "a")
+            self._jsonl = open(self._log_until(self.start), "a")
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            # a resumed run logs again the steps after its checkpoint: hide the first run's events there
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.start + 1)
         self._bar.start()
         return self
 
@@ -41,6 +44,24 @@ class TrainLog:
         if self._jsonl is not None:
             self._jsonl.close()
             self._tb.close()
+
+    def _log_until(self, step: int) -> Path:
+        """``log.jsonl`` with only the records of steps up to ``step`` (where this run starts): an
+        interrupted run may have logged steps after its last checkpoint, which will be logged again."""
+        path = self.out_dir / "log.jsonl"
+        if path.exists():
+            kept = []
+            for line in path.read_text().splitlines(keepends=True):
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line cut short by a kill
+                    continue
+                if isinstance(record, dict) and record.get("step", step + 1) <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            tmp = path.with_name(".log.jsonl.tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, path)  # a kill meanwhile leaves the old log whole
+        return path
 
     def advance(self, step: int) -> None:
         self._bar.update(self._task, completed=step)
