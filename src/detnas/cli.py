@@ -129,21 +129,16 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue the run in -
 
 def _train_stage(stage: str, config: Path, out: Path | None, resume: bool) -> None:
     from detnas.config import load_config
-    from detnas.stages import finetune_job, pretrain_job
-    from detnas.train import run_training
+    from detnas.stages import finetune_job, pretrain_job, run_stage
     from detnas.train_config import FinetuneConfig, PretrainConfig
 
     out = out or Path("runs") / stage
     if stage == "pretrain":
         cfg = load_config(config, PretrainConfig)
-        job = pretrain_job(cfg)
-        workers = cfg.data.workers
+        run_stage(pretrain_job(cfg), cfg, out, resume)
     else:
         cfg = load_config(config, FinetuneConfig)
-        job = finetune_job(cfg, out)
-        workers = cfg.data.workers
-    run_training(job, cfg.train, cfg.seed, out, resume, workers=workers, log_every=cfg.logging.log_every,
-                 checkpoint_every=cfg.logging.checkpoint_every, progress=cfg.logging.progress)
+        run_stage(finetune_job(cfg, out), cfg, out, resume)
 
 
 @app.command()
@@ -166,6 +161,63 @@ def search(config: ConfigOpt, out: OutOpt = None, resume: ResumeOpt = False) -> 
 
     cfg = load_config(config, SearchStageConfig)
     run_search_stage(cfg, out or Path("runs") / "search", resume)
+
+
+@app.command()
+def retrain(
+    arch: Annotated[str, typer.Option(help="digit string, preset name, or a search's best.json")],
+    config: ConfigOpt,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    no_pretrain: Annotated[bool, typer.Option("--no-pretrain", help="train the detector from scratch")] = False,
+) -> None:
+    """Stage 4: retrain one architecture as a standalone network (optionally pretrained) and test it."""
+    from detnas.cocoeval import format_metrics_table
+    from detnas.config import load_config
+    from detnas.retrain import run_retrain
+    from detnas.train_config import RetrainConfig
+
+    cfg = load_config(config, RetrainConfig)
+    result = run_retrain(arch, cfg, out or Path("runs") / "retrain", resume, pretrain=not no_pretrain)
+    print(f"{result['arch']}  body FLOPs {_mflops(result['body_flops'])}  test split:")
+    print(format_metrics_table(result["test"]))
+
+
+@app.command()
+def pipeline(
+    config: ConfigOpt,
+    out: Annotated[Path, typer.Option("--out", help="run folder; rerun to continue an interrupted run")] = Path(
+        "runs/pipeline"
+    ),
+) -> None:
+    """All stages: pretrain, finetune, search (+ random search), retrain searched/random/baseline, report."""
+    from detnas.config import load_config
+    from detnas.pipeline import PipelineConfig, run_pipeline
+
+    report = run_pipeline(load_config(config, PipelineConfig), out)
+    print(f"report: {report}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="run folder; rerun to continue")] = Path("runs/demo"),
+) -> None:
+    """The whole pipeline on the built-in demo data (digits on photos), in about 15 minutes on 2 CPU cores."""
+    from detnas.demo import run_demo
+
+    report = run_demo(out)
+    print(report.read_text() if report.exists() else "")
+    print(f"report: {report}")
+
+
+def _register_export_commands() -> None:
+    from detnas.commands_export import evaluate_cmd, export_cmd
+
+    app.command("evaluate")(evaluate_cmd)
+    app.command("export")(export_cmd)
+
+
+_register_export_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,11 +16,13 @@ from detnas.data.sources import load_detection
 from detnas.data.transforms import DetectionTransform
 from detnas.detector import build_detector, set_path
 from detnas.errors import UserError
-from detnas.evaluate import decoded_batches, evaluate_classification_path, evaluate_detection_path
+from detnas.evaluate import (
+    classification_top1, decoded_batches, detection_metrics, evaluate_classification_path, evaluate_detection_path,
+)
 from detnas.search_split import SPLIT_FILE, carve_holdout
 from detnas.space import Arch, SearchSpace, arch_to_str, get_space, parse_arch
 from detnas.supernet import ShuffleNetBackbone
-from detnas.train import Job, path_for_step
+from detnas.train import Job, path_for_step, run_training
 from detnas.train_config import EvalConfig, FinetuneConfig, PretrainConfig
 
 
@@ -46,13 +48,14 @@ def seeded_init(seed: int) -> Iterator[None]:
         yield
 
 
-def pretrain_job(cfg: PretrainConfig) -> Job:
+def pretrain_job(cfg: PretrainConfig, arch: Arch | None = None) -> Job:
+    """Supernet pretraining, or with ``arch`` the classification pretraining of a standalone network."""
     space = get_space(cfg.space, cfg.width_mult)
     size = cfg.data.image_size
     train_set = ImageFolderDataset(cfg.data.train, classification_transform(size, True, cfg.data.flip), cfg.seed)
     val_set = ImageFolderDataset(cfg.data.val, classification_transform(size, False))
     with seeded_init(cfg.seed):
-        model = ShuffleNetBackbone(space, num_classes=len(train_set.classes), dropout=cfg.dropout)
+        model = ShuffleNetBackbone(space, arch, num_classes=len(train_set.classes), dropout=cfg.dropout)
 
     def loss(model, batch, arch, device):
         x, y = batch
@@ -60,8 +63,10 @@ def pretrain_job(cfg: PretrainConfig) -> Job:
         return F.cross_entropy(logits, y.to(device), label_smoothing=cfg.label_smoothing), len(y)
 
     def final_eval(model) -> dict:
-        recalib = decoded_batches(train_set, cfg.eval.recalib_images, cfg.eval.batch_size)
         val = torch.utils.data.DataLoader(val_set, batch_size=cfg.eval.batch_size * 4)
+        if arch is not None:  # a standalone network has its own BN statistics: no recalibration
+            return {"top1": {arch_to_str(arch): classification_top1(model, val)}}
+        recalib = decoded_batches(train_set, cfg.eval.recalib_images, cfg.eval.batch_size)
         top1 = {
             arch_to_str(a): evaluate_classification_path(model, a, recalib, val)
             for a in eval_archs(space, cfg.eval, cfg.seed, cfg.sampling)
@@ -69,15 +74,27 @@ def pretrain_job(cfg: PretrainConfig) -> Job:
         return {"top1": top1}
 
     return Job(
-        "pretrain", model, train_set, None, loss,
-        lambda step: path_for_step(space, cfg.seed, step, cfg.sampling), final_eval,
-        {"space": space_meta(cfg), "classes": train_set.classes, "config": cfg.model_dump(mode="json")},
+        "pretrain" if arch is None else "retrain-pretrain", model, train_set, None, loss,
+        arch_schedule(space, cfg, arch), final_eval,
+        {"space": space_meta(cfg), "arch": arch and arch_to_str(arch), "classes": train_set.classes,
+         "config": cfg.model_dump(mode="json")},
     )
 
 
-def load_backbone_weights(body: ShuffleNetBackbone, ckpt_path: Path, space: dict) -> None:
-    """Initialise ``body`` from a pretraining checkpoint (its classification head is dropped)."""
-    state = load_checkpoint(ckpt_path, ("pretrain", "retrain-pretrain"), space)["model"]
+def arch_schedule(space: SearchSpace, cfg, arch: Arch | None):
+    """The path of each step: sampled for a supernet, always ``arch`` for a standalone network."""
+    if arch is not None:
+        return lambda step: arch
+    return lambda step: path_for_step(space, cfg.seed, step, cfg.sampling)
+
+
+def load_backbone_weights(body: ShuffleNetBackbone, ckpt_path: Path, space: dict, stage: str) -> None:
+    """Initialise ``body`` from a pretraining checkpoint of ``stage`` (its classification head is dropped)."""
+    ckpt = load_checkpoint(ckpt_path, stage, space)
+    if body.fixed_arch is not None and ckpt.get("arch") != arch_to_str(body.fixed_arch):
+        raise UserError(f"checkpoint is for architecture {ckpt.get('arch')}, not {arch_to_str(body.fixed_arch)}",
+                        ckpt_path)
+    state = ckpt["model"]
     try:
         body.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")})
     except RuntimeError as e:  # e.g. saved by another version: missing keys or other shapes
@@ -85,9 +102,10 @@ def load_backbone_weights(body: ShuffleNetBackbone, ckpt_path: Path, space: dict
                         ckpt_path) from None
 
 
-def finetune_job(cfg: FinetuneConfig, out_dir: Path) -> Job:
+def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None) -> Job:
     """Path-wise detection finetuning of the supernet; the search split is held out, and saved into
-    ``out_dir`` by ``run_training`` (which first checks that the folder holds no other run)."""
+    ``out_dir`` by ``run_training`` (which first checks that the folder holds no other run).
+    With ``arch``: the detection training of a standalone network (retraining)."""
     space = get_space(cfg.space, cfg.width_mult)
     det = cfg.detector
     full = load_detection(cfg.data.train, DetectionTransform(det.min_size, det.max_size, cfg.data.flip), cfg.seed)
@@ -97,10 +115,10 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path) -> Job:
         train_set, holdout = full.subset(keep), full.subset(held)
     num_classes = len(full.categories)
     with seeded_init(cfg.seed):
-        body = ShuffleNetBackbone(space)
+        body = ShuffleNetBackbone(space, arch)
         model = build_detector(body, num_classes, det)
     if cfg.init is not None:
-        load_backbone_weights(body, cfg.init, space_meta(cfg))
+        load_backbone_weights(body, cfg.init, space_meta(cfg), "pretrain" if arch is None else "retrain-pretrain")
 
     def loss(model, batch, arch, device):
         images, targets = batch
@@ -116,6 +134,8 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path) -> Job:
         eval_set = eval_set.with_transform(DetectionTransform(det.min_size, det.max_size, flip=False))
         recalib = decoded_batches(train_set, cfg.eval.recalib_images, cfg.eval.batch_size, collate)
         gt = eval_set.to_coco()
+        if arch is not None:  # a standalone network has its own BN statistics: no recalibration
+            return {"split": "test", "metrics": detection_metrics(model, eval_set, cfg.eval.batch_size, gt=gt)}
         results = {
             arch_to_str(a): evaluate_detection_path(model, a, num_classes, det, recalib, eval_set, gt,
                                                     batch_size=cfg.eval.batch_size)
@@ -124,9 +144,17 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path) -> Job:
         return {"split": "search" if holdout is not None else "test", "map": results}
 
     return Job(
-        "finetune", model, train_set, collate, loss,
-        lambda step: path_for_step(space, cfg.seed, step, cfg.sampling), final_eval,
-        {"space": space_meta(cfg), "classes": full.categories, "config": cfg.model_dump(mode="json")},
+        "finetune" if arch is None else "retrain", model, train_set, collate, loss,
+        arch_schedule(space, cfg, arch), final_eval,
+        {"space": space_meta(cfg), "arch": arch and arch_to_str(arch), "classes": full.categories,
+         "config": cfg.model_dump(mode="json")},
         # written by the training loop once it knows that ``out_dir`` holds no other run
         write_files=None if holdout is None else lambda out: holdout.save_coco(Path(out) / SPLIT_FILE),
     )
+
+
+def run_stage(job: Job, cfg, run_dir: Path, resume: bool) -> dict:
+    """Run a job with the schedule, seed, data workers and logging of its stage config."""
+    return run_training(job, cfg.train, cfg.seed, run_dir, resume, workers=cfg.data.workers,
+                        log_every=cfg.logging.log_every, checkpoint_every=cfg.logging.checkpoint_every,
+                        progress=cfg.logging.progress)

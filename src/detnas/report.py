@@ -1,0 +1,72 @@
+"""``report.md`` of a pipeline run: every number is read from the files the stages wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from detnas.search import BEST_FILE, HISTORY_FILE
+
+NAMES = {"searched": "DetNAS (evolution)", "random": "random search best", "baseline": "ShuffleNetV2 baseline"}
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None or v < 0 else f"{100 * v:.1f}"
+
+
+def _search_map(out: Path, arch: str) -> float | None:
+    """The architecture's fitness (search-split mAP on the supernet) if a search evaluated it."""
+    for folder in ("search", "random_search"):
+        path = out / folder / HISTORY_FILE
+        if path.exists():
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                if record["arch"] == arch:
+                    return record["map"]
+    return None
+
+
+def write_report(out: Path, seconds: dict[str, float], cfg) -> Path:
+    out = Path(out)
+    lines = [
+        "# DetNAS run report", "",
+        f"Space: {cfg.space} (width x{cfg.width_mult:g}), detector: {cfg.detector.kind}, seed {cfg.seed}. "
+        f"Search: {cfg.search.population} x {cfg.search.generations} candidates, body FLOPs budget "
+        f"{'none' if cfg.search.max_flops is None else f'{cfg.search.max_flops / 1e6:.0f}M'} (MACs at 224x224).",
+        "", "## Retrained architectures (test split)", "",
+        "| model | architecture | body FLOPs | body params | search mAP | test AP | AP50 | AP75 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, label in NAMES.items():
+        result = _read(out / "retrain" / name / "result.json")
+        if result is None:
+            continue
+        test = result["test"]
+        lines.append(
+            f"| {label} | `{result['arch']}` | {result['body_flops'] / 1e6:.1f}M | {result['body_params'] / 1e6:.2f}M "
+            f"| {_pct(_search_map(out, result['arch']))} | {_pct(test['AP'])} | {_pct(test['AP50'])} "
+            f"| {_pct(test['AP75'])} |"
+        )
+    lines += ["", "Search mAP is the path's mAP on the held-out search split with supernet weights after BN "
+              "recalibration; test AP is after retraining the standalone network.", ""]
+    best = _read(out / "search" / BEST_FILE)
+    history = out / "search" / HISTORY_FILE
+    if best is not None and history.exists():
+        n = sum(1 for _ in history.read_text().splitlines())
+        lines += [
+            "## Search", "",
+            f"{n} architectures evaluated; best `{best['arch']}` with search mAP {_pct(best['map'])} "
+            f"at {best['flops'] / 1e6:.1f}M body FLOPs.", "",
+            "![best and mean top-k mAP per generation](search/search_progress.png)", "",
+            "![mAP against FLOPs, Pareto front marked](search/search_pareto.png)", "",
+        ]
+    lines += ["## Time per stage", "", "| stage | minutes |", "|---|---:|"]
+    lines += [f"| {stage} | {s / 60:.1f} |" for stage, s in seconds.items()]
+    lines += [f"| total | {sum(seconds.values()) / 60:.1f} |", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
