@@ -145,7 +145,8 @@ def train_step(model: nn.Module, job: Job, batch, arch: Arch, device: torch.devi
                optimizer: torch.optim.Optimizer, grad_clip: float | None) -> tuple[float, int]:
     """One path-wise step: forward and backward on ``arch`` only, averaged gradients, SGD update of
     the parameters that got a gradient. Returns (loss averaged over workers, images on this worker)."""
-    model.train()
+    if not model.training:  # model.train() walks every module: a supernet has 4x those of its path
+        model.train()
     loss, n_images = job.loss(model, batch, arch, device)
     value = mean_over_workers(loss.item())  # all workers see a NaN of one, and stop together
     if not math.isfinite(value):
