@@ -1,0 +1,107 @@
+"""`detnas retrain`: a fixed architecture as a standalone network, pretrained then trained as a
+detector and tested; the same recipe for searched nets and baselines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from detnas.checkpoint import load_checkpoint
+from detnas.data.demo import build_demo_data
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+ARCH = "21202112331300313132"
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("retrain")
+    paths = build_demo_data(tmp / "data", seed=1, cls_train=100, cls_val=20, det_train=12, det_val=2, det_test=6,
+                            image_size=64, digit_height=(10, 30))
+    images = str(paths.det_images)
+    cfg = {
+        "space": "small",
+        "data": {"train": {"annotations": str(paths.det_train_json), "images": images},
+                 "test": {"annotations": str(paths.det_test_json), "images": images}},
+        "detector": {"fpn_channels": 16, "box_head_channels": 32, "min_size": 64, "max_size": 64,
+                     "box_batch_size_per_image": 16, "rpn_post_nms_top_n_test": 20},
+        "train": {"iters": 2, "batch_size": 2, "lr": 0.01},
+        "pretrain": {"data": {"train": str(paths.cls_train), "val": str(paths.cls_val)},
+                     "train": {"iters": 2, "batch_size": 8, "lr": 0.03}},
+        "eval": {"batch_size": 4},
+        "logging": {"progress": False},
+    }
+    path = tmp / "retrain.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def retrain(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "detnas", "retrain", *args], env=ENV, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_retrain_with_pretraining_from_a_search_result(config, tmp_path):
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"arch": ARCH, "space": "small", "width_mult": 1.0, "map": 0.1}))
+    out = tmp_path / "run"
+    r = retrain("--arch", str(best), "--config", str(config), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["arch"] == ARCH and result["pretrained"] is True
+    assert result["body_flops"] == 288082368
+    assert set(result["test"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert "AP50" in r.stdout  # the metrics table
+    # the detector started from the standalone network's own pretraining: its first-step weights
+    # differ from a fresh init, and the checkpoint is a standalone (not supernet) network of ARCH
+    ckpt = load_checkpoint(out / "detector" / "checkpoint.pt", "retrain")
+    assert ckpt["arch"] == ARCH
+    assert not any(".blocks.0.1." in k for k in ckpt["model"])  # one choice per position
+    pre = load_checkpoint(out / "pretrain" / "checkpoint.pt", "retrain-pretrain")
+    assert pre["arch"] == ARCH
+
+    # rerun with --resume: both steps are finished, nothing trains again, same result
+    again = retrain("--arch", ARCH, "--config", str(config), "--out", str(out), "--resume")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "result.json").read_text())["test"] == result["test"]
+    assert "done" not in again.stdout
+
+
+def test_baseline_from_scratch(config, tmp_path):
+    out = tmp_path / "run"
+    r = retrain("--arch", "shufflenetv2-20", "--config", str(config), "--out", str(out), "--no-pretrain")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["arch"] == "0" * 20 and result["pretrained"] is False
+    assert not (out / "pretrain").exists()
+    state = torch.load(out / "detector" / "checkpoint.pt", weights_only=True)
+    assert state["stage"] == "retrain" and state["step"] == 2
+
+
+@pytest.mark.parametrize(
+    "arch, message",
+    [
+        ("detnasnet-1.3g", "belongs to the large space"),
+        ("missing.json", "architecture file not found"),
+        ("0123", "has 4 blocks"),
+    ],
+)
+def test_bad_architectures_are_one_line_errors(config, tmp_path, arch, message):
+    r = retrain("--arch", arch, "--config", str(config), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_search_result_of_another_space_is_refused(config, tmp_path):
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"arch": "0" * 40, "space": "large", "width_mult": 1.0}))
+    r = retrain("--arch", str(best), "--config", str(config), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "is for space large" in r.stderr and str(best) in r.stderr
