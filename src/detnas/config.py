@@ -21,11 +21,12 @@ class StrictModel(BaseModel):
 
 def _describe(err: ValidationError) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    where = ".".join(str(p) for p in first["loc"])
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     if first["type"] == "extra_forbidden":
         return f"unknown key '{where}'{more}"
-    return f"{where}: {first['msg']}{more}"
+    message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own checks
+    return f"{where}: {message}{more}" if where else f"{message}{more}"
 
 
 def validate(model: type[M], data: dict, source: str | Path) -> M:

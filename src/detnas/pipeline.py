@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from detnas.config import StrictModel
 from detnas.detector import DetectorConfig
@@ -65,6 +65,13 @@ class PipelineConfig(SpaceConfig):
     baseline: bool = True  # retrain ShuffleNetV2 (all choices 0) of the same space too
     eval: EvalConfig = EvalConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _search_needs_a_split(self):
+        if self.detection.holdout.size < 1:
+            raise ValueError("detection.holdout.size must be at least 1: the search is scored on images held "
+                             "out of training (the paper: 5000 of COCO trainval35k)")
+        return self
 
     def common(self) -> dict:
         return {"space": self.space, "width_mult": self.width_mult, "seed": self.seed, "logging": self.logging}
