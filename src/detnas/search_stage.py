@@ -71,9 +71,9 @@ class SupernetEvaluator:
         if self.search_set.categories != self.classes:
             raise UserError("search split categories differ from the supernet's classes", split_file)
         self.gt = self.search_set.to_coco()
-        # recalibrate on training images (never the search split) with training augmentation
-        train = load_detection(self.cfg.data.train, DetectionTransform(det.min_size, det.max_size, flip=True),
-                               self.cfg.seed)
+        # recalibrate on training images (never the search split) with the augmentation finetuning used
+        train = load_detection(self.cfg.data.train,
+                               DetectionTransform(det.min_size, det.max_size, flip=self.cfg.data.flip), self.cfg.seed)
         held = set(self.search_set.image_ids)
         train = train.subset([i for i, image_id in enumerate(train.image_ids) if image_id not in held])
         self.recalib = decoded_batches(train, fitness.recalib_images, fitness.batch_size, collate)
