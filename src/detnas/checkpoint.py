@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
+from detnas.atomic import atomic_write
 from detnas.errors import UserError
 
 FORMAT = "detnas-checkpoint"
@@ -22,17 +21,9 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     A crash or ``kill -9`` at any moment leaves either the old checkpoint or the new one, never half.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run killed while saving
         stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp))
 
 
 def _first_sentence(e: Exception) -> str:

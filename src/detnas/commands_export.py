@@ -43,7 +43,7 @@ def evaluate_cmd(
 ) -> None:
     """COCO box mAP (AP, AP50, AP75, APs, APm, APl) of a retrained detector on a COCO or VOC set."""
     from detnas.cocoeval import format_metrics_table
-    from detnas.data.detection import write_json_atomic
+    from detnas.atomic import write_json_atomic
     from detnas.inference import evaluate_detector, load_trained_detector
 
     source = _source(coco_annotations, images, voc_root, voc_split)

@@ -22,15 +22,14 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 import types
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from detnas.atomic import atomic_write
 from detnas.errors import UserError
 
 BACKBONE_FILE = "backbone.safetensors"
@@ -48,24 +47,12 @@ def feature_names(kind: str) -> list[str]:
     return ["p2", "p3", "p4", "p5", "pool"] if kind == "fpn" else ["p3", "p4", "p5", "p6", "p7"]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` to a temp file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
     # safetensors refuses views and tensors sharing storage: give it contiguous copies
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 class OneImageDetector(nn.Module):
@@ -119,7 +106,7 @@ def _export_onnx(detector: nn.Module, path: Path, min_size: int, max_size: int) 
                               "scores": {0: "detections"}, "labels": {0: "detections"}},
             )
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def export_model(checkpoint: str | Path, out_dir: str | Path, onnx: bool = True) -> dict:
@@ -187,7 +174,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, onnx: bool = True)
     def write_json(tmp: Path) -> None:
         tmp.write_text(json.dumps(arch_json, indent=2) + "\n")
 
-    _atomic_write(out_dir / ARCH_FILE, write_json)
+    atomic_write(out_dir / ARCH_FILE, write_json)
     written = {name: out_dir / f for name, f in files.items() if f is not None}
     return {"files": {**written, "arch": out_dir / ARCH_FILE}, "arch": info["arch"], "onnx_exporter": exporter}
 

@@ -35,15 +35,15 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
+from detnas.atomic import write_text_atomic
 from detnas.config import StrictModel
 from detnas.distributed import all_gather_object, get_rank, get_world_size
 from detnas.errors import UserError
@@ -253,20 +253,6 @@ def _jsonable(v: Any, where: str) -> Any:
     raise TypeError(f"evaluate() returned {where} of type {type(v).__name__}, which cannot be saved as JSON")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be read
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _on_main(fn: Callable[[], Any]) -> Any:
     """Run ``fn`` on rank 0 only and give its result (or its error) to every worker."""
     if get_world_size() == 1:
@@ -411,8 +397,8 @@ class _Search:
     def save(self) -> None:
         if not self.main:
             return
-        _atomic_write(self.run_dir / STATE_FILE, json.dumps(self.state(), allow_nan=False))
-        _atomic_write(self.run_dir / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in self.records))
+        write_text_atomic(self.run_dir / STATE_FILE, json.dumps(self.state(), allow_nan=False))
+        write_text_atomic(self.run_dir / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in self.records))
         (self.run_dir / PARTIAL_FILE).unlink(missing_ok=True)
 
     # --- candidates
@@ -511,7 +497,7 @@ class _Search:
         partial = None
         if self.main:
             path = self.run_dir / PARTIAL_FILE
-            _atomic_write(path, "".join(json.dumps({"key": self.key, **r}) + "\n" for r in results.values()))
+            write_text_atomic(path, "".join(json.dumps({"key": self.key, **r}) + "\n" for r in results.values()))
             partial = open(path, "a")  # noqa: SIM115 - closed in finally
         world, rank = get_world_size(), get_rank()
         try:
@@ -685,7 +671,7 @@ def run_search(
             "input_size": search.identity["input_size"],
             "strategy": cfg.strategy,
         }
-        _atomic_write(run_dir / BEST_FILE, json.dumps(best_json, indent=2) + "\n")
+        write_text_atomic(run_dir / BEST_FILE, json.dumps(best_json, indent=2) + "\n")
         from detnas.search_plots import plot_search
 
         plot_search(search.records, run_dir, topk=cfg.topk)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from detnas.data.detection import DetectionDataset
 from detnas.errors import UserError
 
 SPLIT_FILE = "search_split.json"

@@ -7,10 +7,7 @@ decoded lazily in ``__getitem__`` and not cached.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +19,7 @@ from torchvision.transforms.v2 import functional as F
 from detnas.data.images import load_rgb
 from detnas.data.seeding import sample_generator
 from detnas.data.transforms import DetectionTransform
+from detnas.atomic import write_json_atomic
 from detnas.errors import UserError
 
 log = logging.getLogger("detnas")
@@ -157,19 +155,6 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def save_coco(self, path: str | Path) -> None:
         write_json_atomic(self.to_coco(), Path(path))
-
-
-def write_json_atomic(data: dict, path: Path) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
