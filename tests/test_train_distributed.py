@@ -51,7 +51,7 @@ def configs(tmp_path_factory) -> dict[str, Path]:
         "data": {"train": {"format": "coco", "annotations": str(ann), "images": str(images)},
                  "holdout": {"size": 2, "seed": 0}},
         "detector": {"min_size": 64, "max_size": 96},
-        "train": {"iters": 3, "batch_size": 2, "lr": 0.01, "weight_decay": 1e-4, "grad_clip": 10.0},
+        "train": {"iters": 4, "batch_size": 2, "lr": 0.01, "weight_decay": 1e-4, "grad_clip": 10.0},
         "logging": logging, "eval": {"archs": [ALL0], "recalib_images": 4, "batch_size": 2},
     }
     out = {}
@@ -61,11 +61,26 @@ def configs(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def run_workers(stage: str, config: Path, tmp: Path) -> tuple[Path, list[dict]]:
-    """``detnas STAGE`` under torchrun with 2 workers; (run folder, each worker's dump)."""
-    out, dumps = tmp / "run", tmp / "dumps"
-    torchrun(__file__, "worker", stage, str(config), str(out), str(dumps))
+def run_workers(stage: str, config: Path, tmp: Path, *cli_args: str, stop_after: int = 0,
+                out: Path | None = None) -> tuple[Path, list[dict]]:
+    """``detnas STAGE`` under torchrun with 2 workers; (run folder, each worker's dump).
+    ``stop_after``: stop each worker after that many steps (with a checkpoint), as an interruption."""
+    out, dumps = out or tmp / "run", tmp / "dumps"
+    torchrun(__file__, "worker", stage, str(config), str(out), str(dumps), str(stop_after), *cli_args)
     return out, [torch.load(dumps / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def trained(configs, tmp_path_factory):
+    """One 2-worker run per stage, shared by the tests that only read it."""
+    cache = {}
+
+    def get(stage: str) -> tuple[Path, list[dict]]:
+        if stage not in cache:
+            cache[stage] = run_workers(stage, configs[stage], tmp_path_factory.mktemp(stage))
+        return cache[stage]
+
+    return get
 
 
 def assert_equal_states(a: dict, b: dict) -> None:
@@ -75,8 +90,8 @@ def assert_equal_states(a: dict, b: dict) -> None:
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
-def test_two_workers_end_with_identical_weights_and_synchronized_bn(stage, configs, tmp_path):
-    out, dumps = run_workers(stage, configs[stage], tmp_path)
+def test_two_workers_end_with_identical_weights_and_synchronized_bn(stage, trained):
+    out, dumps = trained(stage)
     assert [d["rank"] for d in dumps] == [0, 1] and {d["world"] for d in dumps} == {2}
     assert {d["backend"] for d in dumps} == {"gloo"}
     for d in dumps:  # every BatchNorm of the model is the synchronized one, none left plain
@@ -97,12 +112,35 @@ def test_two_workers_end_with_identical_weights_and_synchronized_bn(stage, confi
         assert len(json.loads((out / "search_split.json").read_text())["images"]) == 2
 
 
-def test_torchrun_of_the_cli_module_saves_the_same_model(configs, tmp_path):
+def test_torchrun_of_the_cli_module_saves_the_same_model(configs, trained, tmp_path):
     """``torchrun -m detnas pretrain`` (the command users type) gives what the wrapped workers got."""
     torchrun("-m", "detnas", "pretrain", "--config", str(configs["pretrain"]), "--out", str(tmp_path / "cli"))
-    _, dumps = run_workers("pretrain", configs["pretrain"], tmp_path)
+    _, dumps = trained("pretrain")
     ckpt = torch.load(tmp_path / "cli" / "checkpoint.pt", weights_only=True)
     assert_equal_states(ckpt["model"], dumps[0]["state"])
+
+
+@pytest.mark.slow
+def test_interrupted_torchrun_finetune_resumes_exactly(configs, trained, tmp_path):
+    """Stopped after 2 of 4 steps and resumed with --resume under torchrun: the same weights, momentum
+    and RNG states as an uninterrupted 2-worker run. Each worker's RPN/RoI sampling draws from its
+    own RNG, which must be restored per worker."""
+    whole, whole_dumps = trained("finetune")
+    parts, dumps = run_workers("finetune", configs["finetune"], tmp_path, stop_after=2)
+    assert not dumps[0]["result"]["finished"] and dumps[0]["result"]["step"] == 2
+    # rank 1 drew differently from rank 0 (its own images): one RNG state would not do for both
+    assert not torch.equal(dumps[0]["rng"], dumps[1]["rng"])
+    parts, dumps = run_workers("finetune", configs["finetune"], tmp_path, "--resume", out=parts)
+    a, b = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (whole, parts))
+    assert a["step"] == b["step"] == 4
+    assert a["scheduler"] == b["scheduler"] and torch.equal(a["rng"], b["rng"])
+    assert_equal_states(a["model"], b["model"])
+    assert_equal_states(dict(enumerate(a["rng_per_worker"])), dict(enumerate(b["rng_per_worker"])))
+    assert_equal_states({k: v["momentum_buffer"] for k, v in a["optimizer"]["state"].items()},
+                        {k: v["momentum_buffer"] for k, v in b["optimizer"]["state"].items()})
+    for r in range(2):
+        assert_equal_states(whole_dumps[r]["state"], dumps[r]["state"])
+        assert torch.equal(whole_dumps[r]["rng"], dumps[r]["rng"])
 
 
 def test_workers_split_each_global_batch_without_overlap():
@@ -117,7 +155,7 @@ def test_workers_split_each_global_batch_without_overlap():
 # ----------------------------------------------------------------------------- the worker
 
 
-def _worker(stage: str, config: str, out: str, dumps: str) -> None:
+def _worker(stage: str, config: str, out: str, dumps: str, stop_after: str, *cli_args: str) -> None:
     import torch.distributed as dist
     from torch import nn
 
@@ -130,6 +168,8 @@ def _worker(stage: str, config: str, out: str, dumps: str) -> None:
 
     def run_training(job, *args, **kwargs):
         initial["stem"] = next(iter(job.model.parameters())).detach().clone()
+        if int(stop_after):
+            kwargs["stop_after"] = int(stop_after)
         result = original(job, *args, **kwargs)
         bns = [m for m in job.model.modules() if isinstance(m, nn.BatchNorm2d)]
         Path(dumps).mkdir(parents=True, exist_ok=True)
@@ -137,7 +177,7 @@ def _worker(stage: str, config: str, out: str, dumps: str) -> None:
             "rank": dist.get_rank(), "world": dist.get_world_size(), "backend": dist.get_backend(),
             "sync_bn": sum(isinstance(m, SyncBatchNorm2d) for m in bns),
             "plain_bn": sum(not isinstance(m, SyncBatchNorm2d) for m in bns),
-            "state": job.model.state_dict(), "initial_stem": initial["stem"],
+            "state": job.model.state_dict(), "initial_stem": initial["stem"], "rng": torch.get_rng_state(),
             "result": {"step": result["step"], "finished": result["finished"]},
         }, Path(dumps) / f"rank{dist.get_rank()}.pt")
         return result
@@ -146,9 +186,9 @@ def _worker(stage: str, config: str, out: str, dumps: str) -> None:
     for module in list(sys.modules.values()):
         if getattr(module, "run_training", None) is original:
             module.run_training = run_training
-    main([stage, "--config", config, "--out", out])
+    main([stage, "--config", config, "--out", out, *cli_args])
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "worker":
-        _worker(*sys.argv[2:6])
+        _worker(*sys.argv[2:])

@@ -22,7 +22,8 @@ from torch import nn
 
 from detnas.checkpoint import load_checkpoint, save_checkpoint
 from detnas.distributed import (
-    allreduce_gradients, broadcast_object, convert_sync_batchnorm, init_distributed, is_distributed, is_main,
+    all_gather_object, allreduce_gradients, broadcast_object, convert_sync_batchnorm, init_distributed,
+    is_distributed, is_main,
 )
 from detnas.errors import UserError
 from detnas.flops import sample_arch
@@ -213,18 +214,21 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        # each worker draws its own numbers (RoI sampling depends on its images): restore its own state
+        rngs = state.get("rng_per_worker") or []
+        torch.set_rng_state(rngs[dist.rank] if len(rngs) == dist.world_size else state["rng"])
         step = state["step"]
     broadcast_state(model)
     if job.write_files is not None and is_main():
         job.write_files(out_dir)
 
-    def save() -> None:
+    def save() -> None:  # called by every worker at the same steps
+        rngs = all_gather_object(torch.get_rng_state())
         if is_main():
             save_checkpoint(ckpt_path, {
                 "stage": job.stage, **job.meta, "step": step, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(),
+                "rng": rngs[0], "rng_per_worker": rngs,
             })
 
     log = TrainLog(out_dir, job.stage, schedule.iters, start=step, enabled=is_main(), progress=progress)
