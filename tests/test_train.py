@@ -423,7 +423,6 @@ def test_kill_9_while_saving_a_checkpoint_keeps_the_previous_one(data, tmp_path)
 def _kill_in_save(config: str, out: str, saves_before: int) -> None:
     """Run ``detnas pretrain`` in this process and SIGKILL it inside its (saves_before + 1)-th
     checkpoint save, after the temp file is written and before it is renamed into place."""
-    import detnas.checkpoint as ck
     import detnas.train
     from detnas.cli import main
 
@@ -431,7 +430,7 @@ def _kill_in_save(config: str, out: str, saves_before: int) -> None:
 
     def save(path, payload):
         if len(calls) == saves_before:
-            ck.os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)
+            os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)  # the rename into place
         calls.append(path)
         real_save(path, payload)
 
