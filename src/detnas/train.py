@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from detnas.atomic import write_text_atomic
 from detnas.checkpoint import load_checkpoint, save_checkpoint
 from detnas.distributed import (
     all_gather_object, allreduce_gradients, broadcast_object, convert_sync_batchnorm, init_distributed,
@@ -266,7 +267,7 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
     metrics = job.final_eval(model)
     if is_main():
         log.final(metrics)
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return {"step": step, "finished": True, **metrics}
 
 
