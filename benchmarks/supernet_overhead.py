@@ -102,7 +102,8 @@ def detection_case(space, arch, control=False):
         losses = model(*batch)
         return sum(losses.values()), len(batch[0])
 
-    return make_step(supernet, loss, (images, targets), arch, 1e-4), make_step(subnet, loss, (images, targets), arch, 1e-4)
+    batch = (images, targets)
+    return make_step(supernet, loss, batch, arch, 1e-4), make_step(subnet, loss, batch, arch, 1e-4)
 
 
 def main() -> None:

@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from data_builders import make_coco, make_image_folder, make_voc  # noqa: E402
 
 from detnas.checkpoint import save_checkpoint  # noqa: E402
-from detnas.config import load_config  # noqa: E402
 from detnas.stages import finetune_job, pretrain_job  # noqa: E402
 from detnas.train import CHECKPOINT, param_groups, run_training  # noqa: E402
 from detnas.train_config import FinetuneConfig, PretrainConfig  # noqa: E402
@@ -205,7 +204,7 @@ def assert_same_run(out_a: Path, out_b: Path) -> None:
 def pretrained(data, tmp_path_factory) -> Path:
     """A finished tiny pretraining run (used as finetuning init)."""
     out = tmp_path_factory.mktemp("pretrained") / "run"
-    job, result = train("pretrain", pretrain_cfg(data), out)
+    _, result = train("pretrain", pretrain_cfg(data), out)
     assert result["finished"] and result["step"] == 6
     return out
 
