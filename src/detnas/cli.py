@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from detnas.errors import UserError
-from detnas.space import PRESETS, SPACES, ArchError, arch_to_str, get_space, parse_arch
+# Before torch is imported: OpenMP threads that spin while waiting make training 10x slower as soon
+# as another process (a second torchrun worker, a data loader) shares the cores. Users may override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from detnas.errors import UserError  # noqa: E402
+from detnas.space import PRESETS, SPACES, ArchError, arch_to_str, get_space, parse_arch  # noqa: E402
 
 app = typer.Typer(
     add_completion=False,
