@@ -141,8 +141,8 @@ def run_cli(*args) -> subprocess.CompletedProcess:
 
 
 def cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "detnas", *map(str, args)], capture_output=True, text=True, env=ENV, check=False,
-                       timeout=timeout)
+    r = subprocess.run([sys.executable, "-m", "detnas", *map(str, args)], capture_output=True, text=True, env=ENV,
+                       check=False, timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -314,8 +314,8 @@ def test_resume_after_kill_9_under_torchrun(supernet, searched, tmp_path):
     cached = _kill_mid_generation(torchrun_cmd("search", "--config", searched["config"], "--out", out), out,
                                   generation=1)
     assert 1 <= len(cached) < SEARCH["population"]
-    r = subprocess.run(torchrun_cmd("search", "--config", searched["config"], "--out", out, "--resume"), env=ENV, check=False,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(torchrun_cmd("search", "--config", searched["config"], "--out", out, "--resume"), env=ENV,
+                       check=False, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert key_fields(history(out)) == key_fields(searched["history"])
     assert json.loads((out / "best.json").read_text()) == json.loads((searched["out"] / "best.json").read_text())
