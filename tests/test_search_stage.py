@@ -439,3 +439,20 @@ def test_recalibration_recomputes_each_bn_from_the_training_batches(supernet, mo
         torch.testing.assert_close(m.running_var.double(), var, rtol=1e-4, atol=1e-5)
         assert m.momentum == 0.1  # restored after recalibration
     assert not sub.training
+
+
+def test_resume_refuses_other_fitness_settings_and_a_finished_search_evaluates_nothing(supernet, searched, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(searched["out"], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".json", ".jsonl")}
+    # the same search config with another recalibration: fitnesses would not be comparable
+    changed = supernet.search_yaml(tmp_path / "changed.yaml", fitness={"recalib_images": 8})
+    one_line_error(run_cli("search", "--config", changed, "--out", out, "--resume"),
+                   str(out / "search_state.json"), "different search", "evaluator.fitness")
+    with Opened() as opened:
+        r = run_cli("search", "--config", searched["config"], "--out", out, "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not opened.names[FITNESS["recalib_images"]:]  # only the evaluator's set-up decoded images
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".json", ".jsonl")} == before

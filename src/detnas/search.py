@@ -225,11 +225,16 @@ def _space_dict(space: SearchSpace) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def _identity(space: SearchSpace, cfg: SearchConfig, input_size) -> dict:
-    """What must match between a state and the run resuming it."""
+def _identity(space: SearchSpace, cfg: SearchConfig, input_size, evaluator: dict | None = None) -> dict:
+    """What must match between a state and the run resuming it (``evaluator``: what the fitness depends
+    on, e.g. the supernet and the recalibration settings; absent when the caller gives none)."""
     conf = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _RESUMABLE_CHANGES}
     size = _size_key(input_size)
-    return {"config": conf, "space": _space_dict(space), "input_size": size if isinstance(size, int) else list(size)}
+    identity = {"config": conf, "space": _space_dict(space),
+                "input_size": size if isinstance(size, int) else list(size)}
+    if evaluator is not None:
+        identity["evaluator"] = evaluator
+    return identity
 
 
 def _fingerprint(identity: dict) -> str:
@@ -336,10 +341,11 @@ def _read_partial(path: Path, key: str, generation: int) -> dict[str, dict]:
 
 
 class _Search:
-    def __init__(self, space: SearchSpace, cfg: SearchConfig, cons: Constraints, input_size, run_dir: Path):
+    def __init__(self, space: SearchSpace, cfg: SearchConfig, cons: Constraints, input_size, run_dir: Path,
+                 evaluator_identity: dict | None = None):
         self.space, self.cfg, self.cons, self.run_dir = space, cfg, cons, run_dir
         self.input_size = _size_key(input_size)
-        self.identity = _identity(space, cfg, input_size)
+        self.identity = _identity(space, cfg, input_size, evaluator_identity)
         self.key = _fingerprint(self.identity)
         self.rng = np.random.default_rng(cfg.seed)
         self.records: list[dict] = []
@@ -361,6 +367,7 @@ class _Search:
             "config": self.cfg.model_dump(mode="json"),
             "space": self.identity["space"],
             "input_size": self.identity["input_size"],
+            **({"evaluator": self.identity["evaluator"]} if "evaluator" in self.identity else {}),
             "generation": self.generation,
             "exhausted": self.exhausted,
             "population": self.population,
@@ -375,10 +382,14 @@ class _Search:
     def restore(self, state: dict, path: Path) -> None:
         conf = {k: v for k, v in state["config"].items() if k not in _RESUMABLE_CHANGES}
         found = {"config": conf, "space": state["space"], "input_size": state.get("input_size")}
+        if "evaluator" in state:
+            found["evaluator"] = state["evaluator"]
         if found != self.identity:
             diff = [k for k in self.identity["config"] if conf.get(k) != self.identity["config"][k]]
             diff += [k for k in ("space", "input_size") if found[k] != self.identity[k]]
             diff += [k for k in conf if k not in self.identity["config"]]
+            mine, theirs = self.identity.get("evaluator") or {}, found.get("evaluator") or {}
+            diff += [f"evaluator.{k}" for k in sorted(mine.keys() | theirs.keys()) if mine.get(k) != theirs.get(k)]
             raise UserError(
                 f"search state belongs to a different search (differs in: {', '.join(diff)}); "
                 "resume with the same config and space, or use a new run directory",
@@ -604,16 +615,19 @@ def run_search(
     resume: bool = False,
     input_size: int | tuple[int, int] = 224,
     progress: bool = True,
+    evaluator_identity: dict | None = None,
 ) -> SearchResult:
     """Run (or resume) an evolutionary or random search; every worker gets the same result.
 
     ``evaluate(arch)`` -> ``{"map": float, ...}`` is called once per candidate on one worker.
     ``resume=True`` continues from ``run_dir/search_state.json`` (a fresh start if there is none);
     ``resume=False`` with an existing state is an error, so finished work is never overwritten.
+    ``evaluator_identity``: what the fitness depends on besides ``cfg`` (JSON-able); a resume with a
+    different one is refused, so fitnesses of two different evaluators are never mixed.
     """
     run_dir = Path(run_dir)
     cons = check_constraints(space, cfg, input_size)  # fails fast, identically on every rank
-    search = _Search(space, cfg, cons, input_size, run_dir)
+    search = _Search(space, cfg, cons, input_size, run_dir, evaluator_identity)
     state_path = run_dir / STATE_FILE
 
     def load() -> tuple[dict | None, dict[str, dict]]:

@@ -8,6 +8,7 @@ split that finetuning wrote. The test split is never read here.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -48,7 +49,7 @@ class SupernetEvaluator:
     """``evaluate(arch) -> {"map", "ap50", timings...}`` for one finetuned supernet run."""
 
     def __init__(self, finetune_dir: Path, fitness: FitnessConfig):
-        finetune_dir = Path(finetune_dir)
+        finetune_dir = self.finetune_dir = Path(finetune_dir)
         state = load_checkpoint(finetune_dir / CHECKPOINT, "finetune")
         if state["step"] < state["config"]["train"]["iters"]:
             raise UserError("the supernet's finetuning has not finished (resume it first)", finetune_dir / CHECKPOINT)
@@ -79,6 +80,13 @@ class SupernetEvaluator:
         self.recalib = decoded_batches(train, fitness.recalib_images, fitness.batch_size, collate)
         self.fitness = fitness
 
+    def identity(self) -> dict:
+        """What a candidate's fitness depends on: the supernet's weights, the search split and the
+        fitness settings (not the folder's path, so a moved run can still be resumed)."""
+        return {"checkpoint_sha256": _sha256(self.finetune_dir / CHECKPOINT),
+                "search_split_sha256": _sha256(self.finetune_dir / SPLIT_FILE),
+                "fitness": self.fitness.model_dump(mode="json")}
+
     def __call__(self, arch) -> dict:
         m = evaluate_detection_path(
             self.detector, arch, len(self.classes), self.detector_cfg, self.recalib, self.search_set, self.gt,
@@ -87,6 +95,15 @@ class SupernetEvaluator:
         return {"map": m["AP"], "ap50": m["AP50"], **{k: v for k, v in m.items() if k.startswith("seconds_")}}
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def run_search_stage(cfg: SearchStageConfig, out_dir: Path, resume: bool) -> SearchResult:
     evaluator = SupernetEvaluator(cfg.supernet, cfg.fitness)
-    return run_search(evaluator.space, cfg.search, evaluator, out_dir, resume=resume, progress=cfg.progress)
+    return run_search(evaluator.space, cfg.search, evaluator, out_dir, resume=resume, progress=cfg.progress,
+                      evaluator_identity=evaluator.identity())
