@@ -13,9 +13,10 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
+from detnas.atomic import write_json_atomic
 from detnas.config import StrictModel
 from detnas.detector import DetectorConfig
-from detnas.distributed import is_main
+from detnas.distributed import broadcast_object, is_main
 from detnas.report import write_report
 from detnas.retrain import is_finished, run_retrain
 from detnas.search import BEST_FILE, SearchConfig
@@ -111,14 +112,14 @@ class _Stages:
         self.state = json.loads(self.path.read_text()) if self.path.exists() else {"seconds": {}}
 
     def run(self, name: str, done: bool, fn) -> None:
-        if done:
+        if broadcast_object(done):  # rank 0 decides, so that every worker runs the same stages
             return
         start = time.perf_counter()
         fn()
         # an interrupted stage's earlier time is kept and added to
         self.state["seconds"][name] = self.state["seconds"].get(name, 0.0) + time.perf_counter() - start
         if is_main():
-            self.path.write_text(json.dumps(self.state, indent=2) + "\n")
+            write_json_atomic(self.state, self.path, indent=2)
 
 
 def run_pipeline(cfg: PipelineConfig, out: Path) -> Path:

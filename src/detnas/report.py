@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from detnas.atomic import write_text_atomic
 from detnas.search import BEST_FILE, HISTORY_FILE
 
 NAMES = {"searched": "DetNAS (evolution)", "random": "random search best", "baseline": "ShuffleNetV2 baseline"}
@@ -68,5 +69,5 @@ def write_report(out: Path, seconds: dict[str, float], cfg) -> Path:
     lines += [f"| {stage} | {s / 60:.1f} |" for stage, s in seconds.items()]
     lines += [f"| total | {sum(seconds.values()) / 60:.1f} |", ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    write_text_atomic(path, "\n".join(lines))
     return path

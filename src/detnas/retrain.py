@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from detnas.atomic import write_json_atomic
+from detnas.distributed import is_main
 from detnas.errors import UserError
 from detnas.flops import arch_cost
 from detnas.space import Arch, SearchSpace, arch_to_str, get_space, parse_arch
@@ -76,6 +78,7 @@ def run_retrain(arch_text: str, cfg: RetrainConfig, out_dir: Path, resume: bool,
         "body_flops": cost.body_flops, "body_params": cost.body_params, "pretrained": init is not None,
         "test": metrics["metrics"], "checkpoint": str(det_dir / CHECKPOINT),
     }
-    (out_dir / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    if is_main():
+        write_json_atomic(result, out_dir / RESULT_FILE, indent=2)
     return result
 
