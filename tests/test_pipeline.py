@@ -103,3 +103,14 @@ def test_pipeline_killed_during_search_resumes_and_reports(tmp_path):
     assert json.loads((run / "retrain" / "searched" / "result.json").read_text())["arch"] == best["arch"]
     assert json.loads((run / "retrain" / "baseline" / "result.json").read_text())["arch"] == "0" * 20
     assert "search_pareto.png" in report and (run / "search" / "search_pareto.png").exists()
+
+
+def test_packaged_demo_config_is_valid_and_uses_the_demo_data(tmp_path):
+    from detnas.config import validate
+    from detnas.demo import demo_config
+    from detnas.pipeline import PipelineConfig
+
+    cfg = validate(PipelineConfig, demo_config(tmp_path / "data"), "demo.yaml")
+    assert cfg.detection.train.annotations.is_file() and cfg.detection.test.annotations.is_file()
+    assert cfg.classification.train.is_dir()
+    assert cfg.detection.holdout.size > 0 and cfg.search.max_flops is not None
