@@ -268,20 +268,20 @@ def test_two_torchrun_workers_give_the_same_history(supernet, searched, tmp_path
 def _kill_mid_generation(cmd: list[str], out: Path, generation: int, timeout: float = 240) -> list[dict]:
     """Start ``cmd``; SIGKILL its whole process group once ``generation`` has some, not all, of its
     results in partial_generation.jsonl. Returns the results cached at that moment."""
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    partial, deadline, cached = out / "partial_generation.jsonl", time.monotonic() + timeout, []
+    log = out.parent / "killed.stderr"  # a file, not a pipe: a full pipe would stall the run
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    partial, deadline = out / "partial_generation.jsonl", time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 lines = partial.read_text().splitlines() if (out / "search_state.json").exists() else []
             except FileNotFoundError:
                 lines = []
-            cached = [json.loads(x) for x in lines if x.endswith("}")]
-            if any(c["generation"] == generation for c in cached):
+            if any(c["generation"] == generation for c in _complete_lines(lines)):
                 break
             time.sleep(0.005)
-        assert proc.poll() is None, f"the search ended before it could be killed: {proc.stderr.read()[-2000:]}"
+        assert proc.poll() is None, f"the search ended before it could be killed: {log.read_text()[-2000:]}"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
@@ -289,7 +289,18 @@ def _kill_mid_generation(cmd: list[str], out: Path, generation: int, timeout: fl
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert not (out / "best.json").exists()
-    return [json.loads(x) for x in partial.read_text().splitlines() if x.endswith("}")]
+    return _complete_lines(partial.read_text().splitlines())
+
+
+def _complete_lines(lines: list[str]) -> list[dict]:
+    """The records of a JSON-lines file being appended to (a line caught half-written is skipped)."""
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
 
 
 def test_resume_after_kill_9_mid_generation_equals_an_uninterrupted_search(supernet, searched, tmp_path):

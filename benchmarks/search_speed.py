@@ -1,0 +1,340 @@
+"""Search speed on the demo: candidates evaluated per minute, where a candidate's time goes, the cost
+against a straightforward evaluator, and 2 torchrun workers against 1 process.
+
+Uses the demo's settings (``src/detnas/configs/demo.yaml``: Small space, FPN Faster R-CNN at 128 px,
+150 held-out search images, fitness = BN recalibration on 64 training images in batches of 25, then
+COCO mAP on the search split) on the built-in demo data. The supernet is finetuned from scratch with
+the demo's finetuning schedule (``--finetune-iters``, default the demo's 300), once, into
+``--supernet`` (reused when it is there); its quality does not matter for timing.
+
+Per candidate, ours (``search_stage.SupernetEvaluator``) against a straightforward version measured in
+the same run, interleaved: a deep copy of the whole supernet detector, BN recalibration through the
+full supernet on images decoded from disk each time, image-by-image inference, pycocotools.
+
+    .venv/bin/python benchmarks/search_speed.py [--supernet DIR] [--candidates 6] [--no-scaling]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from detnas.cocoeval import coco_map
+from detnas.data.demo import build_demo_data
+from detnas.data.detection import collate
+from detnas.data.sources import load_detection
+from detnas.data.transforms import DetectionTransform
+from detnas.detector import extract_detector, set_path
+from detnas.evaluate import decoded_batches, detector_backbone_forward, predict, recalibrate_bn
+from detnas.flops import sample_arch
+from detnas.train import CHECKPOINT
+
+DEFAULT_SUPERNET = Path(tempfile.gettempdir()) / "detnas-bench" / "demo-supernet"
+
+
+def demo_settings() -> dict:
+    return yaml.safe_load(resources.files("detnas").joinpath("configs/demo.yaml").read_text())
+
+
+def max_flops(demo: dict) -> float:
+    """The demo search's body-FLOPs budget (YAML 1.1 reads 290.0e6 as a string)."""
+    return float(demo["search"].get("max_flops", "inf"))
+
+
+def single_class(train_json: Path, out: Path) -> Path:
+    """The demo's training annotations with the ten digit classes merged into one, "digit"."""
+    data = json.loads(train_json.read_text())
+    data["categories"] = [{"id": 1, "name": "digit"}]
+    for a in data["annotations"]:
+        a["category_id"] = 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data))
+    return out
+
+
+def prepare_supernet(run_dir: Path, iters: int | None = None, threads: int = 1, one_class: bool = False) -> Path:
+    """A finished demo finetuning run in ``run_dir`` (reused if there): the demo's detector, schedule
+    (scaled to ``iters``) and 150-image search split, on the demo data, from scratch (no pretraining).
+    ``one_class``: digits as one class (a detector that learns something in a few hundred steps)."""
+    from detnas.checkpoint import load_checkpoint
+    from detnas.stages import finetune_job, run_stage
+    from detnas.train_config import FinetuneConfig
+
+    if (run_dir / CHECKPOINT).is_file():
+        state = load_checkpoint(run_dir / CHECKPOINT, "finetune")
+        if state["step"] >= state["config"]["train"]["iters"]:
+            return run_dir
+    demo = demo_settings()
+    paths = build_demo_data()  # the demo's sizes; cached under $DETNAS_CACHE/demo
+    schedule = dict(demo["finetune"])
+    if iters is not None and iters != schedule["iters"]:
+        scale = iters / schedule["iters"]
+        schedule["milestones"] = [max(1, min(iters - 1, round(m * scale))) for m in schedule.get("milestones", [])]
+        schedule["warmup_iters"] = round(schedule.get("warmup_iters", 0) * scale)
+        schedule["iters"] = iters
+    annotations = paths.det_train_json
+    if one_class:
+        annotations = single_class(annotations, run_dir.parent / f"{run_dir.name}-data" / "train.json")
+    cfg = FinetuneConfig.model_validate({
+        "space": demo["space"], "seed": demo["seed"],
+        "data": {"train": {"format": "coco", "annotations": str(annotations), "images": str(paths.det_images)},
+                 "holdout": demo["detection"]["holdout"], "flip": demo["detection"].get("flip", True)},
+        "detector": demo["detector"], "train": schedule,
+        "logging": {"log_every": 25, "checkpoint_every": 100, "progress": False},
+        "eval": {"archs": ["0" * 20], **{k: demo["fitness"][k] for k in ("recalib_images", "batch_size")}},
+    })
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        t0 = time.perf_counter()
+        run_stage(finetune_job(cfg, run_dir), cfg, run_dir, resume=(run_dir / CHECKPOINT).is_file())
+        print(f"finetuned the demo supernet ({cfg.train.iters} iterations) in {time.perf_counter() - t0:.0f} s "
+              f"into {run_dir}", file=sys.stderr)
+    finally:
+        torch.set_num_threads(previous)
+    return run_dir
+
+
+def fitness_config():
+    from detnas.search_stage import FitnessConfig
+
+    return FitnessConfig(**demo_settings()["fitness"])
+
+
+def recalibration_set(evaluator):
+    """The training images the evaluator recalibrates on (train minus the search split), undecoded."""
+    cfg, det = evaluator.cfg, evaluator.detector_cfg
+    train = load_detection(cfg.data.train, DetectionTransform(det.min_size, det.max_size, flip=cfg.data.flip),
+                           cfg.seed)
+    held = set(evaluator.search_set.image_ids)
+    return train.subset([i for i, image_id in enumerate(train.image_ids) if image_id not in held])
+
+
+def pycocotools_map(gt: dict, detections: list[dict]) -> float:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.createIndex()
+        ev = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(detections)), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return float(ev.stats[0])
+
+
+def straightforward(evaluator, arch, train_set, fitness) -> dict:
+    """The evaluation as one would first write it: copy the whole supernet detector, recalibrate
+    through it on images decoded from disk, predict image by image, score with pycocotools."""
+    t0 = time.perf_counter()
+    model = copy.deepcopy(evaluator.detector)
+    set_path(model, arch)
+    t1 = time.perf_counter()
+    subset = torch.utils.data.Subset(train_set, range(min(fitness.recalib_images, len(train_set))))
+    loader = torch.utils.data.DataLoader(subset, batch_size=fitness.batch_size, collate_fn=collate)
+    recalibrate_bn(model, detector_backbone_forward(model), (images for images, _ in loader), fitness.recalib_mode)
+    t2 = time.perf_counter()
+    detections = predict(model, evaluator.search_set, batch_size=1)
+    t3 = time.perf_counter()
+    value = pycocotools_map(evaluator.gt, detections)
+    t4 = time.perf_counter()
+    return {"map": value, "copy": t1 - t0, "recalib": t2 - t1, "inference": t3 - t2, "cocoeval": t4 - t3,
+            "total": t4 - t0}
+
+
+def ours(evaluator, arch) -> dict:
+    t0 = time.perf_counter()
+    r = evaluator(arch)
+    total = time.perf_counter() - t0
+    return {"map": r["map"], "recalib": r["seconds_recalib"], "inference": r["seconds_inference"],
+            "cocoeval": r["seconds_cocoeval"], "total": total}
+
+
+def med(rows: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def per_candidate(args) -> None:
+    from detnas.search_stage import SupernetEvaluator
+
+    fitness = fitness_config()
+    t0 = time.perf_counter()
+    evaluator = SupernetEvaluator(args.supernet, fitness)
+    setup_s = time.perf_counter() - t0
+    demo = demo_settings()
+    rng = np.random.default_rng(args.seed)
+    archs = [sample_arch(evaluator.space, rng, None, max_flops(demo)) for _ in range(args.candidates)]
+    train_set = recalibration_set(evaluator)
+
+    ours(evaluator, archs[0])  # warm-up (first-call allocations), not counted
+    fast, slow = [], []
+    for i, arch in enumerate(archs):  # interleaved, alternating which goes first
+        pair = [lambda: fast.append(ours(evaluator, arch)),
+                lambda: slow.append(straightforward(evaluator, arch, train_set, fitness))]
+        for run in pair if i % 2 == 0 else pair[::-1]:
+            run()
+
+    # pieces of our recalibration phase, and what caching the decoded images saves
+    extract = []
+    for arch in archs:
+        t = time.perf_counter()
+        extract_detector(evaluator.detector, arch, len(evaluator.classes), evaluator.detector_cfg)
+        extract.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    decoded_batches(train_set, fitness.recalib_images, fitness.batch_size, collate)
+    decode_recalib = time.perf_counter() - t
+    t = time.perf_counter()
+    for i in range(len(evaluator.search_set)):
+        evaluator.search_set[i]
+    decode_split = time.perf_counter() - t
+    t = time.perf_counter()
+    sub = extract_detector(evaluator.detector, archs[0], len(evaluator.classes), evaluator.detector_cfg)
+    recalibrate_bn(sub, detector_backbone_forward(sub), evaluator.recalib, fitness.recalib_mode)
+    detections = predict(sub, evaluator.search_set, fitness.batch_size)
+    t = time.perf_counter()
+    coco_map(evaluator.gt, detections)
+    faster = time.perf_counter() - t
+    t = time.perf_counter()
+    pycocotools_map(evaluator.gt, detections)
+    pycoco = time.perf_counter() - t
+
+    n_split = len(evaluator.search_set)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s) "
+          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); supernet {args.supernet}")
+    print(f"demo settings: {evaluator.cfg.space} space, {evaluator.detector_cfg.kind}, "
+          f"{evaluator.detector_cfg.min_size}px, search split {n_split} images, recalibration "
+          f"{fitness.recalib_images} images ({fitness.recalib_mode}) in batches of {fitness.batch_size}; "
+          f"{len(archs)} candidates (body FLOPs <= {max_flops(demo) / 1e6:.0f}M), "
+          f"medians; evaluator set-up (checkpoint, split, decoding {fitness.recalib_images} images) "
+          f"{setup_s:.1f} s once per worker")
+    print()
+    print("| phase | ours | straightforward | ratio |")
+    print("|---|---|---|---|")
+    print(f"| copy of the supernet detector | - | {med(slow, 'copy'):.3f} s | - |")
+    print(f"| path extraction (part of ours' recalibration) | {statistics.median(extract):.3f} s | - | - |")
+    rows = [("BN recalibration", "recalib"), (f"inference on {n_split} images", "inference"),
+            ("COCO evaluation", "cocoeval"), ("**total per candidate**", "total")]
+    slow_copy = med(slow, "copy")
+    for label, key in rows:
+        a, b = med(fast, key), med(slow, key)
+        if key == "recalib":
+            label += " (ours: + extraction)"
+        print(f"| {label} | {a:.3f} s | {b:.3f} s | {b / a:.2f}x |")
+    per_min_fast, per_min_slow = 60 / med(fast, "total"), 60 / med(slow, "total")
+    print(f"| **candidates per minute** | **{per_min_fast:.1f}** | {per_min_slow:.1f} | "
+          f"{per_min_fast / per_min_slow:.2f}x |")
+    print()
+    share = {k: med(fast, k) / med(fast, "total") for k in ("recalib", "inference", "cocoeval")}
+    print(f"ours, share of a candidate: recalibration {share['recalib']:.0%}, inference {share['inference']:.0%}, "
+          f"COCO evaluation {share['cocoeval']:.0%}; straightforward copy share "
+          f"{slow_copy / med(slow, 'total'):.0%}")
+    print(f"decoding alone: {fitness.recalib_images} recalibration images {decode_recalib:.3f} s "
+          f"(ours: once per worker), the {n_split} search images {decode_split:.3f} s (both: every candidate)")
+    print(f"COCO evaluation of the same {len(detections)} detections: faster-coco-eval {faster:.3f} s, "
+          f"pycocotools {pycoco:.3f} s")
+    diffs = [abs(a["map"] - b["map"]) for a, b in zip(fast, slow)]
+    print(f"mAP ours vs straightforward: max |difference| {max(diffs):.2e} over {len(diffs)} candidates "
+          f"(mAPs {', '.join(format(r['map'], '.4f') for r in fast)})")
+    print(f"demo search ({demo['search']['population']} x {demo['search']['generations']} candidates): "
+          f"{demo['search']['population'] * demo['search']['generations'] / per_min_fast:.1f} min of evaluation "
+          f"(straightforward {demo['search']['population'] * demo['search']['generations'] / per_min_slow:.1f} min)")
+
+
+# ----------------------------------------------------------------------------- 1 vs 2 workers
+
+
+def search_worker(args) -> None:
+    """Run under torchrun or alone: one generation of random candidates through the real engine; rank 0
+    prints the seconds the search itself took (set-up excluded: it is the same once per worker)."""
+    from detnas.distributed import barrier, get_rank, get_world_size
+    from detnas.search import SearchConfig, run_search
+    from detnas.search_stage import SupernetEvaluator
+
+    evaluator = SupernetEvaluator(args.supernet, fitness_config())
+    demo = demo_settings()
+    cfg = SearchConfig(strategy="random", population=args.population, generations=1,
+                       topk=min(args.population, demo["search"]["topk"]), mutations=0, crossovers=0,
+                       max_flops=max_flops(demo), seed=args.seed)
+    evaluator(sample_arch(evaluator.space, np.random.default_rng(99)))  # warm-up, as in per_candidate
+    barrier()
+    t0 = time.perf_counter()
+    result = run_search(evaluator.space, cfg, evaluator, args.worker_out, progress=False)
+    barrier()
+    seconds = time.perf_counter() - t0
+    if get_rank() == 0:
+        print(json.dumps({"seconds": seconds, "candidates": len(result.history), "world": get_world_size(),
+                          "threads": torch.get_num_threads(),
+                          "maps": [round(r["map"], 6) for r in result.history]}))
+
+
+def scaling(args) -> None:
+    base = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    script = [str(Path(__file__).resolve()), "--supernet", str(args.supernet), "--population",
+              str(args.population), "--seed", str(args.seed)]
+    runs = [("1 process, torch's default threads", [sys.executable], base),
+            ("1 process, 1 thread", [sys.executable], {**base, "OMP_NUM_THREADS": "1"}),
+            ("2 torchrun workers, 1 thread each (torchrun's default)",
+             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], base)]
+    print()
+    print(f"| search of {args.population} candidates (one generation) | threads per process | seconds | "
+          "candidates per minute | vs 1 process, 1 thread |")
+    print("|---|---|---|---|---|")
+    results, ref = [], None
+    for label, launcher, env in runs:
+        with tempfile.TemporaryDirectory() as tmp:
+            r = subprocess.run([*launcher, *script, "--worker-out", str(Path(tmp) / "run")], env=env,
+                               capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            raise SystemExit(f"{label} failed:\n{(r.stdout + r.stderr)[-3000:]}")
+        out = json.loads([line for line in r.stdout.splitlines() if line.startswith("{")][-1])
+        results.append(out)
+        per_min = 60 * out["candidates"] / out["seconds"]
+        if label == "1 process, 1 thread":
+            ref = per_min
+        results[-1]["per_min"] = per_min
+        results[-1]["label"] = label
+    for out in results:
+        print(f"| {out['label']} | {out['threads']} | {out['seconds']:.1f} | {out['per_min']:.1f} | "
+              f"{out['per_min'] / ref:.2f}x |")
+    same = all(o["maps"] == results[0]["maps"] for o in results)
+    print(f"\nsame candidates and mAPs in all three runs: {'yes' if same else 'NO'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--supernet", type=Path, default=DEFAULT_SUPERNET, help="finished demo finetuning run folder")
+    ap.add_argument("--finetune-iters", type=int, default=None, help="when finetuning one (default: the demo's)")
+    ap.add_argument("--candidates", type=int, default=6, help="candidates timed both ways")
+    ap.add_argument("--population", type=int, default=8, help="candidates of the 1-vs-2-worker search")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-scaling", action="store_true", help="skip the 1 vs 2 torchrun workers part")
+    ap.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker_out is not None:
+        search_worker(args)
+        return
+    prepare_supernet(args.supernet, args.finetune_iters)
+    per_candidate(args)
+    if not args.no_scaling:
+        scaling(args)
+
+
+if __name__ == "__main__":
+    main()
