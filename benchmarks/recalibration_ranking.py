@@ -15,8 +15,11 @@ outside the split), with each recalibration:
 
 Agreement with the reference ranking: Kendall tau and Spearman rho, whether the setting's best
 architecture is the reference's best, and the regret (reference mAP lost by picking the setting's best).
+Also, independent of how well the supernet detects: how far each setting's BN statistics are from the
+reference's (the statistics that recalibration is meant to estimate).
 
-    .venv/bin/python benchmarks/recalibration_ranking.py [--supernet DIR] [--archs 10] [--subsets 3]
+    .venv/bin/python benchmarks/recalibration_ranking.py [--supernet DIR | --one-class --finetune-iters N]
+        [--archs 10] [--subsets 3]
 """
 
 from __future__ import annotations
@@ -32,10 +35,14 @@ import torch
 from scipy.stats import kendalltau, spearmanr
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search_speed import DEFAULT_SUPERNET, demo_settings, max_flops, prepare_supernet, recalibration_set  # noqa: E402
+from search_speed import (  # noqa: E402
+    add_supernet_args, default_supernet, demo_settings, max_flops, prepare_supernet, recalibration_set,
+)
 
 from detnas.data.detection import collate  # noqa: E402
-from detnas.evaluate import decoded_batches, evaluate_detection_path  # noqa: E402
+from detnas.cocoeval import coco_map  # noqa: E402
+from detnas.detector import extract_detector  # noqa: E402
+from detnas.evaluate import decoded_batches, detector_backbone_forward, predict, recalibrate_bn  # noqa: E402
 from detnas.flops import arch_cost, sample_arch  # noqa: E402
 from detnas.search_stage import FitnessConfig, SupernetEvaluator  # noqa: E402
 from detnas.space import arch_to_str  # noqa: E402
@@ -45,10 +52,22 @@ def batches(images: list, size: int) -> list[list]:
     return [images[i : i + size] for i in range(0, len(images), size)]
 
 
+def bn_stats(model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(m.running_mean.clone(), m.running_var.clone()) for m in model.modules()
+            if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def stats_error(est: list, ref: list) -> tuple[float, float]:
+    """Over all BN channels of the path: mean |mean - reference mean| / reference std, and mean
+    |log(variance / reference variance)|."""
+    d_mean = torch.cat([(m - rm).abs() / (rv + 1e-5).sqrt() for (m, _), (rm, rv) in zip(est, ref)])
+    d_var = torch.cat([((v + 1e-5) / (rv + 1e-5)).log().abs() for (_, v), (_, rv) in zip(est, ref)])
+    return float(d_mean.mean()), float(d_var.mean())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--supernet", type=Path, default=DEFAULT_SUPERNET, help="finished demo finetuning run folder")
-    ap.add_argument("--finetune-iters", type=int, default=None, help="when finetuning one (default: the demo's)")
+    add_supernet_args(ap)
     ap.add_argument("--archs", type=int, default=10)
     ap.add_argument("--subsets", type=int, default=3, help="disjoint sets of --images images")
     ap.add_argument("--images", type=int, default=None, help="recalibration images (default: the demo's 64)")
@@ -57,7 +76,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
 
-    prepare_supernet(args.supernet, args.finetune_iters)
+    args.supernet = prepare_supernet(args.supernet or default_supernet(args.finetune_iters, args.one_class),
+                                     args.finetune_iters, one_class=args.one_class)
     demo = demo_settings()
     batch = demo["fitness"]["batch_size"]
     n_small = args.images or demo["fitness"]["recalib_images"]
@@ -91,12 +111,17 @@ def main() -> None:
             archs.append(a)
     nc, det = len(evaluator.classes), evaluator.detector_cfg
     maps = {label: [] for label, *_ in settings}
+    errors = {label: [] for label, *_ in settings}
     t0 = time.perf_counter()
     for i, arch in enumerate(archs):
-        for label, mode, imgs, _ in settings:
-            m = evaluate_detection_path(evaluator.detector, arch, nc, det, batches(imgs, batch), evaluator.search_set,
-                                        evaluator.gt, mode, batch)
-            maps[label].append(m["AP"])
+        stats = {}
+        for label, mode, imgs, _ in settings:  # as evaluate.evaluate_detection_path, keeping the statistics
+            sub = extract_detector(evaluator.detector, arch, nc, det).to(evaluator.device)
+            recalibrate_bn(sub, detector_backbone_forward(sub), batches(imgs, batch), mode)
+            stats[label] = bn_stats(sub)
+            maps[label].append(coco_map(evaluator.gt, predict(sub, evaluator.search_set, batch))["AP"])
+        for label in stats:
+            errors[label].append(stats_error(stats[label], stats[reference]))
         print(f"arch {i + 1}/{len(archs)} {arch_to_str(arch)}: reference mAP {maps[reference][-1]:.4f} "
               f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
@@ -135,6 +160,18 @@ def main() -> None:
                   f"{sum(r['picks_best'] for r in rows)}/{len(rows)} | "
                   f"{statistics.mean(r['regret'] for r in rows) * 100:.2f} | "
                   f"{statistics.mean(r['mean'] for r in rows) * 100:.2f} |")
+    print()
+    print(f"Error of the recalibrated BN statistics against the reference's ({reference}), over all BN channels "
+          "of each path, median over the archs:")
+    print()
+    print("| recalibration | images | mean: \\|error\\| / std | variance: \\|log ratio\\| |")
+    print("|---|---|---|---|")
+    for label, mode, imgs, group in settings:
+        if label == reference:
+            continue
+        e = errors[label]
+        print(f"| {mode} | {label.split(' ', 1)[1]} | {statistics.median(x for x, _ in e):.3f} | "
+              f"{statistics.median(y for _, y in e):.3f} |")
     print()
     print("mAP (%) per architecture:")
     print()

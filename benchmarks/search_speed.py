@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import hashlib
 import io
 import json
 import os
@@ -44,11 +45,16 @@ from detnas.evaluate import decoded_batches, detector_backbone_forward, predict,
 from detnas.flops import sample_arch
 from detnas.train import CHECKPOINT
 
-DEFAULT_SUPERNET = Path(tempfile.gettempdir()) / "detnas-bench" / "demo-supernet"
-
-
 def demo_settings() -> dict:
     return yaml.safe_load(resources.files("detnas").joinpath("configs/demo.yaml").read_text())
+
+
+def default_supernet(iters: int | None = None, one_class: bool = False) -> Path:
+    """Where the supernet of the current demo settings is kept between runs (named by those settings)."""
+    demo = demo_settings()
+    keys = {k: demo.get(k) for k in ("space", "seed", "detection", "detector", "finetune")}
+    tag = hashlib.sha256(json.dumps([keys, iters, one_class], sort_keys=True).encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / "detnas-bench" / f"demo-supernet{'-1class' if one_class else ''}-{tag}"
 
 
 def max_flops(demo: dict) -> float:
@@ -317,10 +323,17 @@ def scaling(args) -> None:
     print(f"\nsame candidates and mAPs in all three runs: {'yes' if same else 'NO'}")
 
 
+def add_supernet_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--supernet", type=Path, default=None,
+                    help="a finished demo finetuning run (default: one finetuned with the demo's settings, kept in "
+                         "$TMPDIR/detnas-bench)")
+    ap.add_argument("--finetune-iters", type=int, default=None, help="when finetuning one (default: the demo's)")
+    ap.add_argument("--one-class", action="store_true", help="when finetuning one: the digits as a single class")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--supernet", type=Path, default=DEFAULT_SUPERNET, help="finished demo finetuning run folder")
-    ap.add_argument("--finetune-iters", type=int, default=None, help="when finetuning one (default: the demo's)")
+    add_supernet_args(ap)
     ap.add_argument("--candidates", type=int, default=6, help="candidates timed both ways")
     ap.add_argument("--population", type=int, default=8, help="candidates of the 1-vs-2-worker search")
     ap.add_argument("--seed", type=int, default=0)
@@ -330,7 +343,8 @@ def main() -> None:
     if args.worker_out is not None:
         search_worker(args)
         return
-    prepare_supernet(args.supernet, args.finetune_iters)
+    args.supernet = prepare_supernet(args.supernet or default_supernet(args.finetune_iters, args.one_class),
+                                     args.finetune_iters, one_class=args.one_class)
     per_candidate(args)
     if not args.no_scaling:
         scaling(args)
