@@ -256,7 +256,7 @@ def test_resume_refuses_wrong_or_corrupt_state(tmp_path):
                    resume=True, progress=False)
     text = state.read_text()
     state.write_text(text[: len(text) // 2])
-    with pytest.raises(UserError, match=r"search_state.json: corrupt search state \(invalid JSON"):
+    with pytest.raises(UserError, match=r"search_state.json: malformed JSON at line"):
         search(tmp_path, "a", evaluate=never, resume=True)
     bad = json.loads(text)
     bad["records"].append(bad["records"][0])

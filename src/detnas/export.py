@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from detnas.atomic import atomic_write
-from detnas.errors import UserError
+from detnas.errors import UserError, read_json
 
 BACKBONE_FILE = "backbone.safetensors"
 DETECTOR_FILE = "detector.safetensors"
@@ -180,14 +180,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, onnx: bool = True)
 
 
 def _read_arch_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError("arch file not found", path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read arch file: {e}", path) from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}", path) from None
+    data = read_json(path, "arch file")
     if not isinstance(data, dict):
         raise UserError("expected a JSON object (an arch.json written by `detnas export`)", path)
     for key in ("arch", "space"):

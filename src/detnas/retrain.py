@@ -12,7 +12,7 @@ from pathlib import Path
 
 from detnas.atomic import write_json_atomic
 from detnas.distributed import is_main
-from detnas.errors import UserError
+from detnas.errors import UserError, read_json
 from detnas.flops import arch_cost
 from detnas.space import Arch, SearchSpace, arch_to_str, get_space, parse_arch
 from detnas.stages import finetune_job, pretrain_job, run_stage
@@ -26,12 +26,7 @@ def resolve_arch(text: str, space: SearchSpace) -> Arch:
     """A digit string, JSON list, preset name, or a search's ``best.json`` (checked against ``space``)."""
     path = Path(text)
     if text.endswith(".json") or path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError("architecture file not found", path) from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"not a readable JSON file: {e}", path) from None
+        data = read_json(path, "architecture file")
         if not isinstance(data, dict) or not isinstance(data.get("arch"), str):
             raise UserError("expected a JSON object with an 'arch' digit string (a search's best.json)", path)
         if data.get("space", space.name) != space.name or data.get("width_mult", 1.0) != space.width_mult:

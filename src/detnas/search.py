@@ -46,7 +46,7 @@ from pydantic import Field, model_validator
 from detnas.atomic import write_text_atomic
 from detnas.config import StrictModel
 from detnas.distributed import all_gather_object, get_rank, get_world_size
-from detnas.errors import UserError
+from detnas.errors import UserError, read_json
 from detnas.flops import CostTable, cost_table, sample_arch
 from detnas.space import NUM_CHOICES, Arch, ArchError, SearchSpace, arch_to_str
 
@@ -283,14 +283,7 @@ def _on_main(fn: Callable[[], Any]) -> Any:
 def load_state(path: str | Path) -> dict:
     """Read and check a ``search_state.json``; a UserError naming the file if it is corrupt."""
     path = Path(path)
-    try:
-        state = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError("search state not found", path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read search state: {e}", path) from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"corrupt search state (invalid JSON at line {e.lineno}: {e.msg})", path) from None
+    state = read_json(path, "search state")
     try:
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a search state (format {state.get('format')!r})")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from detnas.data.detection import DetectionDataset, make_records
-from detnas.errors import UserError
+from detnas.errors import UserError, read_json
 
 
 def load_coco(ann_file: str | Path, image_dir: str | Path) -> DetectionDataset:
@@ -17,7 +16,7 @@ def load_coco(ann_file: str | Path, image_dir: str | Path) -> DetectionDataset:
     without objects). Every listed image must exist; decoding errors surface when an image is loaded.
     """
     ann_file, image_dir = Path(ann_file), Path(image_dir)
-    data = _read_json(ann_file)
+    data = read_json(ann_file, "annotation file")
     where = _Where(ann_file)
     if not isinstance(data, dict):
         raise UserError("expected a JSON object with 'images', 'annotations' and 'categories'", ann_file)
@@ -70,18 +69,6 @@ def load_coco(ann_file: str | Path, image_dir: str | Path) -> DetectionDataset:
         r["ignore"].append(bool(crowd))
 
     return DetectionDataset(make_records(list(raw.values()), ann_file), names)
-
-
-def _read_json(path: Path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise UserError("annotation file not found", path) from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}", path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read annotation file: {e}", path) from None
 
 
 def _is_number(v) -> bool:
