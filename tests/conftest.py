@@ -3,3 +3,16 @@ import os
 # Before torch is imported (see detnas/cli.py): spinning OpenMP threads crawl when the tests' own
 # subprocesses (torchrun workers, CLI runs) share the two cores with this process.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """In-process training single-threaded: several threads on 2 shared cores spin and crawl."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

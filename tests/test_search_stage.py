@@ -47,13 +47,7 @@ SEARCH = {"population": 4, "generations": 2, "topk": 2, "mutations": 1, "crossov
 HISTORY_KEYS = ("generation", "index", "arch", "map", "flops", "params")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """In-process runs single-threaded too: several threads on 2 shared cores spin and crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ----------------------------------------------------------------------------- the supernet

@@ -37,13 +37,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 # ----------------------------------------------------------------------------- data and configs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """In-process runs single-threaded too: several threads on 2 shared cores spin and crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def voc_objects(n: int) -> dict[str, list[tuple]]:
