@@ -13,10 +13,11 @@ from detnas.errors import UserError
 SPLIT_FILE = "search_split.json"
 
 
-def carve_holdout(n_images: int, size: int, seed: int, source: str = "training set") -> tuple[list[int], list[int]]:
+def carve_holdout(n_images: int, size: int, seed: int, source=None) -> tuple[list[int], list[int]]:
     """(training indices, held-out indices): ``size`` images drawn without replacement from ``seed``."""
     if size >= n_images:
-        raise UserError(f"search split of {size} images is not smaller than the {source} ({n_images} images)")
+        raise UserError(f"search split of {size} images is not smaller than the training set ({n_images} images)",
+                        source)
     held = np.sort(np.random.default_rng(seed).choice(n_images, size, replace=False))
     keep = np.setdiff1d(np.arange(n_images), held)
     return keep.tolist(), held.tolist()

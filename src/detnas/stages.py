@@ -111,7 +111,8 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None) -
     full = load_detection(cfg.data.train, DetectionTransform(det.min_size, det.max_size, cfg.data.flip), cfg.seed)
     train_set, holdout = full, None
     if cfg.data.holdout.size:
-        keep, held = carve_holdout(len(full), cfg.data.holdout.size, cfg.data.holdout.seed)
+        source = cfg.data.train.annotations or cfg.data.train.root
+        keep, held = carve_holdout(len(full), cfg.data.holdout.size, cfg.data.holdout.seed, source)
         train_set, holdout = full.subset(keep), full.subset(held)
     num_classes = len(full.categories)
     with seeded_init(cfg.seed):
