@@ -1,12 +1,10 @@
-import contextlib
 import copy
-import io
 import random
 
 import pytest
 import torch
-from pycocotools.coco import COCO as RefCOCO
-from pycocotools.cocoeval import COCOeval as RefCOCOeval
+
+from reference_coco import pycocotools_stats
 
 from detnas.cocoeval import METRICS, coco_map, detections_from_outputs, format_metrics_table
 
@@ -53,17 +51,6 @@ def _noisy_detections(gt: dict, seed: int = 0) -> list[dict]:
     return dets
 
 
-def _pycocotools_stats(gt: dict, dets: list[dict]) -> list[float]:
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco_gt = RefCOCO()
-        coco_gt.dataset = copy.deepcopy(gt)
-        coco_gt.createIndex()
-        evaluator = RefCOCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(dets)), "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return [float(v) for v in evaluator.stats[:6]]
-
 
 @pytest.mark.parametrize("seed, tied_scores", [(0, False), (1, False), (2, True)])
 def test_matches_pycocotools(seed, tied_scores, capsys):
@@ -76,7 +63,7 @@ def test_matches_pycocotools(seed, tied_scores, capsys):
     got = coco_map(gt, dets)
     assert capsys.readouterr().out == ""  # quiet
     assert (gt, dets) == (gt_before, dets_before)  # inputs untouched
-    expected = _pycocotools_stats(gt, dets)
+    expected = pycocotools_stats(gt, dets)
     assert list(got) == list(METRICS)
     assert 0.1 < got["AP"] < 0.9 and min(got.values()) >= 0  # a non-trivial case: every size range is scored
     # Not bit-identical (summation order differs): over 50 seeds, with and without ties, |diff| <= 2.3e-16.
