@@ -16,3 +16,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cli_here(capsys):
+    """``cli_here(*args, check=True)``: ``detnas ARGS`` in this process (see ``cli_checks.run_here``)."""
+    from cli_checks import run_here
+
+    def run(*args, check: bool = True):
+        r = run_here(capsys, *args)
+        if check:
+            assert r.returncode == 0, r.stderr[-3000:]
+        return r
+
+    return run

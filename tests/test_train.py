@@ -23,6 +23,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from data_builders import make_coco, make_image_folder, make_voc  # noqa: E402
+from cli_checks import one_line_error  # noqa: E402
 
 from detnas.checkpoint import save_checkpoint  # noqa: E402
 from detnas.stages import finetune_job, pretrain_job  # noqa: E402
@@ -140,26 +141,6 @@ def cli(*args, check: bool = True, timeout: float = 300) -> subprocess.Completed
     if check:
         assert r.returncode == 0, r.stderr[-3000:]
     return r
-
-
-@pytest.fixture
-def cli_here(capsys):
-    """``detnas ARGS`` in this process (saves the seconds of a start), with the CLI's own error handling."""
-    from detnas.cli import main
-
-    def run(*args, check: bool = True) -> subprocess.CompletedProcess:
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
-        if check:
-            assert code == 0, err[-3000:]
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
 
 
 def assert_same_tensors(a, b, where: str = "") -> None:
@@ -432,15 +413,6 @@ def _kill_in_save(config: str, out: str, saves_before: int) -> None:
 
 
 # ----------------------------------------------------------------------------- 5. bad input
-
-
-def one_line_error(r: subprocess.CompletedProcess, *expect: str) -> str:
-    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("detnas: error:"), r.stderr[-3000:]
-    for e in expect:
-        assert e in lines[0], lines[0]
-    return lines[0]
 
 
 def _bad_config(data: Path, tmp: Path, case: str) -> tuple[str, Path, list[str]]:
