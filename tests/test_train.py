@@ -494,6 +494,7 @@ def test_bad_init_checkpoint_is_a_one_line_error(kind, data, pretrained, tmp_pat
 def test_a_large_space_pretrain_checkpoint_is_refused_by_a_small_finetune(data, pretrained, tmp_path, cli_here):
     cfg = finetune_cfg(data, pretrained / CHECKPOINT)
     cfg["space"] = "large"
+    cfg["eval"]["archs"] = ["0" * 40]
     r = cli_here("finetune", "--config", write_yaml(tmp_path / "ft.yaml", cfg), "--out", tmp_path / "out", check=False)
     one_line_error(r, str(pretrained / CHECKPOINT), "'space': 'small'", "'space': 'large'")
 

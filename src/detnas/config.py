@@ -14,13 +14,20 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
-    """Base of every config section: unknown keys are errors, not silently ignored."""
+    """Base of every config section: unknown keys are errors, not silently ignored, and so are
+    infinite and NaN numbers (``.inf``, ``.nan`` in YAML)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _rank(error: dict) -> int:
+    """Unknown keys first, then wrong values, then missing keys: in a config that is both incomplete
+    and misspelt, the misspelling is usually why a key looks missing."""
+    return {"extra_forbidden": 0, "missing": 2}.get(error["type"], 1)
 
 
 def _describe(err: ValidationError) -> str:
-    first = err.errors()[0]
+    first = min(err.errors(), key=_rank)
     where = ".".join(str(p) for p in first["loc"])
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     if first["type"] == "extra_forbidden":

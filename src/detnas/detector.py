@@ -11,7 +11,7 @@ from collections import OrderedDict
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -42,6 +42,12 @@ class DetectorConfig(StrictModel):
     box_batch_size_per_image: int = Field(128, ge=1)  # paper: 512
     detections_per_img: int = Field(100, ge=1)
     score_thresh: float = Field(0.05, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sizes_in_order(self):
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size {self.min_size} is larger than max_size {self.max_size}")
+        return self
 
 
 class BackboneWithFPN(nn.Module):

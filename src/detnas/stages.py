@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from detnas.checkpoint import load_checkpoint
 from detnas.data.classification import ImageFolderDataset, classification_transform
 from detnas.data.detection import collate
-from detnas.data.sources import load_detection
+from detnas.data.sources import load_detection, load_training_set
 from detnas.data.transforms import DetectionTransform
 from detnas.detector import build_detector, set_path
 from detnas.errors import UserError
@@ -108,7 +108,8 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None) -
     With ``arch``: the detection training of a standalone network (retraining)."""
     space = get_space(cfg.space, cfg.width_mult)
     det = cfg.detector
-    full = load_detection(cfg.data.train, DetectionTransform(det.min_size, det.max_size, cfg.data.flip), cfg.seed)
+    full = load_training_set(cfg.data.train, DetectionTransform(det.min_size, det.max_size, cfg.data.flip),
+                             cfg.seed)
     train_set, holdout = full, None
     if cfg.data.holdout.size:
         source = cfg.data.train.annotations or cfg.data.train.root

@@ -166,11 +166,6 @@ def batches_from(job: Job, schedule: ScheduleConfig, seed: int, workers: int, ra
                  start_step: int) -> Iterator:
     """Batches for steps ``start_step, start_step + 1, ...``: the same ones a run from step 0 would see."""
     steps_per_epoch = len(epoch_batches(len(job.dataset), schedule.batch_size, world, rank, seed, 0))
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{len(job.dataset)} training images are fewer than one global batch "
-            f"({schedule.batch_size} x {world} workers)"
-        )
     epoch, offset = divmod(start_step, steps_per_epoch)
     while True:
         if hasattr(job.dataset, "set_epoch"):
@@ -199,6 +194,9 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
     # rank 0 decides, so that all workers stop together when the folder holds another run
     if broadcast_object(not resume and ckpt_path.exists() if is_main() else None):
         raise_exists(ckpt_path)
+    if len(job.dataset) < schedule.batch_size * dist.world_size:  # before anything is written
+        raise UserError(f"{len(job.dataset)} training images are fewer than one global batch (train.batch_size "
+                        f"{schedule.batch_size} x {dist.world_size} workers): lower train.batch_size or add images")
     torch.manual_seed(seed)
     model = convert_sync_batchnorm(job.model.to(device), device)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -18,12 +18,26 @@ class SpaceConfig(StrictModel):
     space: Literal["small", "large"] = "small"
     width_mult: float = Field(1.0, gt=0)
 
+    @model_validator(mode="after")
+    def _eval_archs_fit_the_space(self):
+        """Every ``eval.archs`` entry is checked now, not after training when it is first used."""
+        from detnas.space import get_space, parse_arch
+
+        archs = getattr(getattr(self, "eval", None), "archs", [])
+        space = get_space(self.space, self.width_mult) if archs else None
+        for i, arch in enumerate(archs):
+            try:
+                parse_arch(arch, space)
+            except ValueError as e:  # ArchError included
+                raise ValueError(f"eval.archs[{i}]: {e}") from None
+        return self
+
 
 class ScheduleConfig(StrictModel):
     """SGD with linear warmup, then linear decay to 0 or steps of x0.1 at ``milestones``."""
 
     iters: int = Field(ge=1)
-    batch_size: int = Field(ge=1)  # per worker
+    batch_size: int = Field(ge=1)  # per worker; at least 2 (see below)
     lr: float = Field(gt=0)  # for the whole (all workers) batch
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(4e-5, ge=0)  # conv/linear weights only; BN and biases get none
@@ -31,6 +45,13 @@ class ScheduleConfig(StrictModel):
     decay: Literal["linear", "step"] = "linear"
     milestones: list[int] = []  # with decay: step
     grad_clip: float | None = Field(None, gt=0)
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_norm_needs_two(cls, v: int) -> int:
+        if v < 2:  # BatchNorm in training mode fails on one sample once a feature map is 1x1
+            raise ValueError(f"must be at least 2 (BatchNorm needs 2 or more images per worker), got {v}")
+        return v
 
     @model_validator(mode="after")
     def _milestones_in_range(self):
