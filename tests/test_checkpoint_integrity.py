@@ -1,6 +1,6 @@
 """Damaged files (issue 9): bytes flipped in the middle of every kind of checkpoint we write (pretrain,
-finetune, retrain) are a one-line error naming the file, from
-resume, evaluate, search and export; torch itself would load them silently."""
+finetune, retrain) and of an exported safetensors file are a one-line error naming the file, from
+resume, evaluate, search, export and ``detnas.backbone``; torch itself would load them silently."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ import pytest
 import torch
 import yaml
 
+import detnas
 from cli_checks import one_line_error
 from data_builders import make_coco, make_image_folder
 from detnas.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
 from detnas.detector import DetectorConfig, build_detector
+from detnas.errors import UserError
+from detnas.export import export_model
 from detnas.space import get_space
 from detnas.supernet import ShuffleNetBackbone
 
@@ -115,3 +118,13 @@ def test_evaluate_and_export_a_damaged_retrained_checkpoint(files, tmp_path, cli
     one_line_error(cli_here("export", "--checkpoint", ckpt, "--out", tmp_path / "e", check=False), str(ckpt), DAMAGED)
     assert not (tmp_path / "e").exists()
 
+
+@pytest.mark.parametrize("name", ["backbone.safetensors", "detector.safetensors"])
+def test_a_damaged_exported_weights_file(files, tmp_path, name):
+    out = tmp_path / "export"
+    export_model(files["root"] / "retrain" / "checkpoint.pt", out)
+    detnas.backbone(out / "arch.json", weights=out / name)  # intact: loads
+    flip_middle(out / name)
+    with pytest.raises(UserError) as e:
+        detnas.backbone(out / "arch.json", weights=out / name)
+    assert str(out / name) in str(e.value) and "damaged" in str(e.value) and "\n" not in str(e.value)

@@ -190,7 +190,7 @@ def matched(ref: dict, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray
 def test_onnx_export_matches_pytorch(tmp_path, retrained, kind):
     ort = pytest.importorskip("onnxruntime")
     ckpt, det = retrained[kind]
-    result = export_model(ckpt, tmp_path / "out")
+    result = export_model(ckpt, tmp_path / "out", onnx=True)
     assert result["onnx_exporter"] == "torchscript"
     meta = json.loads((tmp_path / "out" / "arch.json").read_text())
     assert meta["files"]["onnx"] == "detector.onnx" and meta["onnx"]["exporter"] == "torchscript"

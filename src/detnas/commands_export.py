@@ -70,9 +70,11 @@ def evaluate_cmd(
 def export_cmd(
     checkpoint: CheckpointOpt,
     out: Annotated[Path, typer.Option("--out", help="folder to write the exported files to")],
-    onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="also export the whole detector to ONNX")] = True,
+    onnx: Annotated[bool, typer.Option(
+        "--onnx/--no-onnx", help="also export the whole detector to ONNX (needs: pip install 'detnas[export]')",
+    )] = False,
 ) -> None:
-    """Export a retrained detector: backbone and detector weights (safetensors), arch.json, ONNX."""
+    """Export a retrained detector: backbone and detector weights (safetensors), arch.json, optionally ONNX."""
     from detnas.export import export_model
 
     result = export_model(checkpoint, out, onnx=onnx)

@@ -1,12 +1,17 @@
 """Exporting a retrained detector, and loading its backbone into your own torchvision detector.
 
-``export_model(checkpoint, out_dir)`` writes, each file atomically (temp file + rename):
+``export_model(checkpoint, out_dir)`` writes all files into a temp folder first and moves them into
+``out_dir`` only when every one is complete (a failed export leaves ``out_dir`` as it was):
 
 - ``backbone.safetensors``: the backbone with its FPN (``BackboneWithFPN`` state: ``body.*``, ``fpn.*``)
 - ``detector.safetensors``: the whole detector (backbone, RPN and box heads, or RetinaNet's head)
 - ``arch.json``: the architecture, space, width, FPN shape, feature map names, class names and the
-  detector config; written last, so a complete ``arch.json`` means the export is complete
-- ``detector.onnx`` (unless ``onnx=False``): the whole detector for one image of any size.
+  detector config; moved in last, so an ``arch.json`` means the export is complete
+- ``detector.onnx`` (with ``onnx=True``, which needs the ``onnx`` package: ``pip install
+  'detnas[export]'``): the whole detector for one image of any size.
+
+Each safetensors file carries the SHA-256 of its tensors in its metadata (``sha256``), checked when
+``backbone(...)`` reads it.
 
 ONNX: torchvision's detectors contain data-dependent control flow (NMS keeps a data-dependent number
 of boxes), which ``torch.export`` cannot capture: in torch 2.14 the dynamo exporter
@@ -29,7 +34,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from detnas.atomic import atomic_write
+from detnas.atomic import atomic_write, staged_files, write_text_atomic
+from detnas.digest import content_sha256
 from detnas.errors import UserError, read_json
 
 BACKBONE_FILE = "backbone.safetensors"
@@ -39,6 +45,7 @@ ONNX_FILE = "detector.onnx"
 EXPORT_FORMAT = "detnas-export"
 EXPORT_VERSION = 1
 ONNX_OPSET = 17
+CHECKSUM = "sha256"
 DEFAULT_FPN_CHANNELS = 256  # torchvision's and the paper's; exports carry their own
 
 
@@ -52,7 +59,28 @@ def _save_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict
 
     # safetensors refuses views and tensors sharing storage: give it contiguous copies
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    metadata = {**metadata, CHECKSUM: _tensors_sha256(tensors)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    return content_sha256(dict(sorted(tensors.items())))  # safetensors does not keep the order
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``path``, checked against the checksum in its metadata when it has one."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            stored = (f.metadata() or {}).get(CHECKSUM)
+    except Exception as e:  # safetensors raises its own error type for truncated or foreign files
+        raise UserError(f"not a readable safetensors file: {str(e).splitlines()[0]}", path) from None
+    if stored is not None and stored != _tensors_sha256(state):
+        raise UserError("weights file is damaged: its tensors do not match the checksum stored in it", path)
+    return state
 
 
 class OneImageDetector(nn.Module):
@@ -109,7 +137,16 @@ def _export_onnx(detector: nn.Module, path: Path, min_size: int, max_size: int) 
     atomic_write(path, write)
 
 
-def export_model(checkpoint: str | Path, out_dir: str | Path, onnx: bool = True) -> dict:
+def require_onnx() -> None:
+    """The ONNX export needs the ``onnx`` package, which the plain install does not bring."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        raise UserError("the ONNX export needs the onnx package: pip install 'detnas[export]' "
+                        "(or export without --onnx)")
+
+
+def export_model(checkpoint: str | Path, out_dir: str | Path, onnx: bool = False) -> dict:
     """Export the retrained detector in ``checkpoint`` to ``out_dir`` (see the module docstring).
 
     Returns ``{"files": {name: path}, "arch": ..., "onnx_exporter": "torchscript" | None}``.
@@ -119,6 +156,8 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, onnx: bool = True)
     from detnas.inference import load_trained_detector
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    if onnx:
+        require_onnx()
     detector, info = load_trained_detector(checkpoint, "export")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError("export folder is an existing file", out_dir)
@@ -131,21 +170,8 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, onnx: bool = True)
     meta = {"format": EXPORT_FORMAT, "arch": info["arch"], "space": info["space"],
             "width_mult": str(info["width_mult"]), "kind": cfg.kind}
 
-    state = detector.state_dict()
-    prefix = "backbone."
-    _save_safetensors(out_dir / BACKBONE_FILE,
-                      {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
-                      {**meta, "content": "BackboneWithFPN"})
-    _save_safetensors(out_dir / DETECTOR_FILE, state, {**meta, "content": "detector"})
-    files = {"backbone": BACKBONE_FILE, "detector": DETECTOR_FILE, "onnx": None}
-    exporter = None
-    onnx_path = out_dir / ONNX_FILE
-    if onnx:
-        _export_onnx(detector, onnx_path, cfg.min_size, cfg.max_size)
-        files["onnx"], exporter = ONNX_FILE, "torchscript"
-    elif onnx_path.exists():
-        onnx_path.unlink()  # a detector.onnx from an earlier export would not match this arch.json
-
+    files = {"backbone": BACKBONE_FILE, "detector": DETECTOR_FILE, "onnx": ONNX_FILE if onnx else None}
+    exporter = "torchscript" if onnx else None
     arch_json = {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
@@ -170,11 +196,17 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, onnx: bool = True)
         "checkpoint": str(checkpoint),
         "step": info["step"],
     }
-
-    def write_json(tmp: Path) -> None:
-        tmp.write_text(json.dumps(arch_json, indent=2) + "\n")
-
-    atomic_write(out_dir / ARCH_FILE, write_json)
+    state = detector.state_dict()
+    prefix = "backbone."
+    # a detector.onnx from an earlier export would not match this arch.json
+    with staged_files(out_dir, ARCH_FILE, stale=() if onnx else (ONNX_FILE,)) as staging:
+        _save_safetensors(staging / BACKBONE_FILE,
+                          {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                          {**meta, "content": "BackboneWithFPN"})
+        _save_safetensors(staging / DETECTOR_FILE, state, {**meta, "content": "detector"})
+        if onnx:
+            _export_onnx(detector, staging / ONNX_FILE, cfg.min_size, cfg.max_size)
+        write_text_atomic(staging / ARCH_FILE, json.dumps(arch_json, indent=2) + "\n")
     written = {name: out_dir / f for name, f in files.items() if f is not None}
     return {"files": {**written, "arch": out_dir / ARCH_FILE}, "arch": info["arch"], "onnx_exporter": exporter}
 
@@ -207,12 +239,7 @@ def _read_weights(path: Path, arch, space_meta: dict) -> tuple[dict, bool]:
         raise UserError("weights file not found", path)
     stage = None
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-        except Exception as e:  # safetensors raises its own error type for truncated or foreign files
-            raise UserError(f"not a readable safetensors file: {str(e).splitlines()[0]}", path) from None
+        state = _load_safetensors(path)
     else:
         from detnas.checkpoint import load_checkpoint
 

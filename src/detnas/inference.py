@@ -29,7 +29,7 @@ def read_retrained(path: str | Path, purpose: str = "use") -> dict:
     stage = data.get("stage")
     if stage == "finetune":
         raise UserError(
-            f"this is a supernet detector checkpoint (stage 'finetune'), which cannot be {purpose}d directly: "
+            f"this is a supernet detector checkpoint (stage 'finetune'), not a standalone detector to {purpose}: "
             f"retrain the searched architecture with `detnas retrain` and {purpose} its checkpoint",
             path,
         )
