@@ -26,7 +26,7 @@ Files written by rank 0 in ``run_dir``:
   atomically from the state, so a resumed run never duplicates lines);
 - ``partial_generation.jsonl``: results of the running generation, appended and flushed per
   candidate, so a run killed mid-generation re-evaluates nothing when resumed;
-- ``best.json``, ``search_progress.png``, ``search_pareto.png`` at the end.
+- ``search_progress.png``, ``search_pareto.png`` and then ``best.json`` at the end.
 """
 
 from __future__ import annotations
@@ -678,10 +678,11 @@ def run_search(
             "input_size": search.identity["input_size"],
             "strategy": cfg.strategy,
         }
-        write_text_atomic(run_dir / BEST_FILE, json.dumps(best_json, indent=2) + "\n")
         from detnas.search_plots import plot_search
 
         plot_search(search.records, run_dir, topk=cfg.topk)
+        # last: the pipeline takes best.json as the sign that the search finished with all its outputs
+        write_text_atomic(run_dir / BEST_FILE, json.dumps(best_json, indent=2) + "\n")
         if progress:
             print_topk(search.topk, f"top-{len(search.topk)} of {len(search.records)} evaluated ({cfg.strategy})")
     return SearchResult(
