@@ -14,12 +14,14 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from detnas.atomic import write_json_atomic
+from detnas.checkpoint import load_checkpoint
 from detnas.config import StrictModel
 from detnas.detector import DetectorConfig
 from detnas.distributed import broadcast_object, is_main
 from detnas.report import write_report
 from detnas.retrain import is_finished, run_retrain
 from detnas.search import BEST_FILE, SearchConfig
+from detnas.search import STATE_FILE as SEARCH_STATE_FILE
 from detnas.search_stage import FitnessConfig, SearchStageConfig, run_search_stage
 from detnas.space import get_space
 from detnas.stages import finetune_job, pretrain_job, run_stage
@@ -103,23 +105,59 @@ class PipelineConfig(SpaceConfig):
                              eval=self.eval, pretrain=pretrain)
 
 
+def resume_point(run_dir: Path) -> str | None:
+    """Where an interrupted stage in ``run_dir`` will continue: its newest checkpoint's step, or the
+    search's last finished generation; None when it has not started."""
+    state = run_dir / SEARCH_STATE_FILE
+    if state.exists():
+        generation = json.loads(state.read_text()).get("generation")
+        return f"after generation {generation} ({state})"
+    checkpoints = sorted(run_dir.rglob(CHECKPOINT), key=lambda p: p.stat().st_mtime)
+    if checkpoints:
+        return f"at step {load_checkpoint(checkpoints[-1])['step']} ({checkpoints[-1]})"
+    return None
+
+
+def _last_write(folder: Path, since: float) -> float:
+    """The time of the newest file in ``folder`` (``since`` when there is none)."""
+    times = [p.stat().st_mtime for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    return max([since, *times])
+
+
 class _Stages:
-    """Runs the stages in order, skipping finished ones, and records how long each took."""
+    """Runs the stages in order, skipping finished ones (and saying so), and records how long each
+    took, the time of an interrupted attempt included (up to its last written file)."""
 
     def __init__(self, out: Path):
         self.out = out
         self.path = out / STATE_FILE
         self.state = json.loads(self.path.read_text()) if self.path.exists() else {"seconds": {}}
+        running = self.state.pop("running", None)  # a stage that was interrupted
+        if running is not None:
+            self._add(running["stage"], _last_write(Path(running["dir"]), running["started"]) - running["started"])
 
-    def run(self, name: str, done: bool, fn) -> None:
-        if broadcast_object(done):  # rank 0 decides, so that every worker runs the same stages
-            return
-        start = time.perf_counter()
-        fn()
-        # an interrupted stage's earlier time is kept and added to
-        self.state["seconds"][name] = self.state["seconds"].get(name, 0.0) + time.perf_counter() - start
+    def _add(self, name: str, seconds: float) -> None:
+        self.state["seconds"][name] = self.state["seconds"].get(name, 0.0) + seconds
+        self._save()
+
+    def _save(self) -> None:
         if is_main():
             write_json_atomic(self.state, self.path, indent=2)
+
+    def run(self, name: str, done: bool, run_dir: Path, fn) -> None:
+        if broadcast_object(done):  # rank 0 decides, so that every worker runs the same stages
+            if is_main():
+                print(f"pipeline: {name} finished earlier, skipped", flush=True)
+            return
+        point = resume_point(run_dir) if is_main() else None
+        if point is not None:
+            print(f"pipeline: {name} resumes {point}", flush=True)
+        self.state["running"] = {"stage": name, "dir": str(run_dir), "started": time.time()}
+        self._save()
+        start = time.perf_counter()
+        fn()
+        del self.state["running"]
+        self._add(name, time.perf_counter() - start)
 
 
 def run_pipeline(cfg: PipelineConfig, out: Path) -> Path:
@@ -133,19 +171,20 @@ def run_pipeline(cfg: PipelineConfig, out: Path) -> Path:
     init = None
     if pre_cfg is not None:
         pre_dir = out / "pretrain"
-        stages.run("pretrain", is_finished(pre_dir), lambda: run_stage(pretrain_job(pre_cfg), pre_cfg, pre_dir, resume=True))
+        stages.run("pretrain", is_finished(pre_dir), pre_dir,
+                   lambda: run_stage(pretrain_job(pre_cfg), pre_cfg, pre_dir, resume=True))
         init = pre_dir / CHECKPOINT
 
     ft_cfg = cfg.finetune_config(init)
     ft_dir = out / "finetune"
-    stages.run("finetune", is_finished(ft_dir),
+    stages.run("finetune", is_finished(ft_dir), ft_dir,
                lambda: run_stage(finetune_job(ft_cfg, ft_dir), ft_cfg, ft_dir, resume=True))
 
     strategies = ["evolution"] + (["random"] if cfg.random_search else [])
     for strategy in strategies:
         s_dir = out / ("search" if strategy == "evolution" else "random_search")
         s_cfg = cfg.search_config(ft_dir, strategy)
-        stages.run(f"search ({strategy})", (s_dir / BEST_FILE).exists(),
+        stages.run(f"search ({strategy})", (s_dir / BEST_FILE).exists(), s_dir,
                    lambda: run_search_stage(s_cfg, s_dir, resume=True))
 
     rt_cfg = cfg.retrain_config()
@@ -156,7 +195,7 @@ def run_pipeline(cfg: PipelineConfig, out: Path) -> Path:
         candidates["baseline"] = "0" * space.num_blocks
     for name, arch in candidates.items():
         r_dir = out / "retrain" / name
-        stages.run(f"retrain ({name})", (r_dir / "result.json").exists(),
+        stages.run(f"retrain ({name})", (r_dir / "result.json").exists(), r_dir,
                    lambda: run_retrain(arch, rt_cfg, r_dir, resume=True, pretrain=rt_cfg.pretrain is not None))
     if is_main():
         return write_report(out, stages.state["seconds"], cfg)
