@@ -456,3 +456,22 @@ def test_resume_refuses_other_fitness_settings_and_a_finished_search_evaluates_n
     assert r.returncode == 0, r.stderr[-3000:]
     assert not opened.names[FITNESS["recalib_images"]:]  # only the evaluator's set-up decoded images
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".json", ".jsonl")} == before
+
+
+# ----------------------------------------------------------------------------- 5. the fitness check
+
+
+def test_the_fitness_check_reevaluates_the_top_candidates_on_other_recalibration_images(supernet, searched):
+    check = json.loads((searched["out"] / "fitness_check.json").read_text())
+    hist = searched["history"]
+    top = sorted(hist, key=lambda r: (-r["map"], r["arch"]))[:3]
+    assert [(r["arch"], r["map"]) for r in check["reevaluated"]] == [(r["arch"], r["map"]) for r in top]
+    again = SupernetEvaluator(supernet.run, FitnessConfig(**FITNESS))
+    again = again.with_recalib_seed(again.cfg.seed + 1)
+    for r in check["reevaluated"]:
+        assert r["map_again"] == again(parse_arch(r["arch"]))["map"]
+    assert check["noise"] == max(abs(r["map"] - r["map_again"]) for r in check["reevaluated"])
+    assert check["margin"] == top[0]["map"] - top[1]["map"]
+    assert check["distinct_fraction"] == len({round(r["map"], 6) for r in hist}) / len(hist)
+    # written before best.json, which marks the search as finished
+    assert (searched["out"] / "fitness_check.json").stat().st_mtime_ns <= (searched["out"] / "best.json").stat().st_mtime_ns

@@ -95,10 +95,16 @@ def classification_top1(model: nn.Module, loader: Iterable, arch=None) -> float:
     return correct / max(total, 1)
 
 
-def decoded_batches(dataset, n_images: int, batch_size: int, collate_fn=None) -> list:
-    """The first ``n_images`` of ``dataset`` (with its transform), decoded once and kept in memory, so
-    that recalibrating many paths does not decode the same images again."""
-    subset = torch.utils.data.Subset(dataset, range(min(n_images, len(dataset))))
+def decoded_batches(dataset, n_images: int, batch_size: int, collate_fn=None, seed: int = 0) -> list:
+    """``n_images`` drawn at random (seeded, without replacement) from ``dataset`` with its transform,
+    decoded once and kept in memory, so that recalibrating many paths does not decode them again.
+
+    A random draw, not the first images: datasets are often ordered (an ImageFolder by class), and
+    BN statistics of one class make every path look worse than it is.
+    """
+    n = min(n_images, len(dataset))
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    subset = torch.utils.data.Subset(dataset, chosen.tolist())
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate_fn,
                                          generator=torch.Generator())
     return [batch[0] for batch in loader]

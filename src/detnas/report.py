@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from detnas.atomic import write_text_atomic
+from detnas.fitness_check import NEAR_ZERO_MAP, read_warnings
 from detnas.search import BEST_FILE, HISTORY_FILE
 
 NAMES = {"searched": "DetNAS (evolution)", "random": "random search best", "baseline": "ShuffleNetV2 baseline"}
@@ -31,14 +32,49 @@ def _search_map(out: Path, arch: str) -> float | None:
     return None
 
 
+def _supernet(out: Path) -> tuple[list[str], list[str]]:
+    """The supernet's own numbers (pretraining top-1, finetuning AP per evaluated path) as report lines,
+    and the warnings they call for: a supernet that did not learn makes every later number meaningless."""
+    lines, warnings = [], []
+    pre = _read(out / "pretrain" / "metrics.json")
+    ft = _read(out / "finetune" / "metrics.json")
+    if pre is None and ft is None:
+        return lines, warnings
+    lines += ["## Supernet", "", "Each evaluated path of the supernet, after BN recalibration (in %).", "",
+              "| path | pretraining top-1 | finetuning AP | AP50 |", "|---|---:|---:|---:|"]
+    top1 = (pre or {}).get("top1", {})
+    maps = (ft or {}).get("map", {})
+    for arch in dict.fromkeys([*top1, *maps]):
+        m = maps.get(arch, {})
+        lines.append(f"| `{arch}` | {_pct(top1.get(arch))} | {_pct(m.get('AP'))} | {_pct(m.get('AP50'))} |")
+    lines.append("")
+    chance = (pre or {}).get("chance")
+    if chance is not None and top1 and max(top1.values()) < 2 * chance:
+        warnings.append(f"supernet pretraining is near chance (best path {_pct(max(top1.values()))}% top-1, "
+                        f"chance {_pct(chance)}%): the paths did not learn")
+    if maps and max(m["AP"] for m in maps.values()) < NEAR_ZERO_MAP:
+        warnings.append(f"the finetuned supernet barely detects (best evaluated path "
+                        f"{_pct(max(m['AP'] for m in maps.values()))} AP on the {ft.get('split', 'search')} split)")
+    return lines, warnings
+
+
 def write_report(out: Path, seconds: dict[str, float], cfg) -> Path:
     out = Path(out)
     lines = [
         "# DetNAS run report", "",
         f"Space: {cfg.space} (width x{cfg.width_mult:g}), detector: {cfg.detector.kind}, seed {cfg.seed}. "
         f"Search: {cfg.search.population} x {cfg.search.generations} candidates, body FLOPs budget "
-        f"{'none' if cfg.search.max_flops is None else f'{cfg.search.max_flops / 1e6:.0f}M'} (MACs at 224x224).",
-        "", "## Retrained architectures (test split)", "",
+        f"{'none' if cfg.search.max_flops is None else f'{cfg.search.max_flops / 1e6:.0f}M'} (MACs at 224x224). "
+        "AP and top-1 are in %.", "",
+    ]
+    supernet_lines, warnings = _supernet(out)
+    for folder, label in (("search", "search (evolution)"), ("random_search", "random search")):
+        warnings += [f"{label}: {w}" for w in read_warnings(out / folder)]
+    if warnings:
+        lines += ["## Warnings", "", "**The search result below should not be trusted:**", ""]
+        lines += [f"- {w}" for w in warnings] + [""]
+    lines += [
+        "## Retrained architectures (test split)", "",
         "| model | architecture | body FLOPs | body params | search mAP | test AP | AP50 | AP75 |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -54,6 +90,7 @@ def write_report(out: Path, seconds: dict[str, float], cfg) -> Path:
         )
     lines += ["", "Search mAP is the path's mAP on the held-out search split with supernet weights after BN "
               "recalibration; test AP is after retraining the standalone network.", ""]
+    lines += supernet_lines
     best = _read(out / "search" / BEST_FILE)
     history = out / "search" / HISTORY_FILE
     if best is not None and history.exists():

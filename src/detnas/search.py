@@ -562,7 +562,7 @@ class _Bar:
 
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("best mAP {task.fields[best]}"), TimeElapsedColumn(),
+                TextColumn("best mAP {task.fields[best]}%"), TimeElapsedColumn(),
             )
             self.progress.start()
 
@@ -584,7 +584,8 @@ class _Bar:
 
 
 def _fmt_map(v: float) -> str:
-    return "-" if not math.isfinite(v) else f"{v:.4f}"
+    """mAP for people: in %, as detection tables print it (files keep fractions)."""
+    return "-" if not math.isfinite(v) else f"{100 * v:.2f}"
 
 
 def print_topk(topk: list[dict], title: str = "top architectures") -> None:
@@ -592,10 +593,10 @@ def print_topk(topk: list[dict], title: str = "top architectures") -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("rank", "arch", "mAP", "FLOPs(M)", "params(M)", "gen"):
+    for col in ("rank", "arch", "mAP (%)", "FLOPs(M)", "params(M)", "gen"):
         table.add_column(col, justify="left" if col == "arch" else "right")
     for i, r in enumerate(topk, 1):
-        table.add_row(str(i), r["arch"], f"{r['map']:.4f}", f"{r['flops'] / 1e6:.2f}", f"{r['params'] / 1e6:.3f}",
+        table.add_row(str(i), r["arch"], _fmt_map(r["map"]), f"{r['flops'] / 1e6:.2f}", f"{r['params'] / 1e6:.3f}",
                       str(r["generation"]))
     Console().print(table)
 
@@ -609,6 +610,7 @@ def run_search(
     input_size: int | tuple[int, int] = 224,
     progress: bool = True,
     evaluator_identity: dict | None = None,
+    before_finish: Callable[[list[dict]], None] | None = None,
 ) -> SearchResult:
     """Run (or resume) an evolutionary or random search; every worker gets the same result.
 
@@ -617,6 +619,8 @@ def run_search(
     ``resume=False`` with an existing state is an error, so finished work is never overwritten.
     ``evaluator_identity``: what the fitness depends on besides ``cfg`` (JSON-able); a resume with a
     different one is refused, so fitnesses of two different evaluators are never mixed.
+    ``before_finish(history)`` runs on rank 0 after the last generation and before ``best.json``
+    (e.g. the fitness check), so that ``best.json`` stays the last file written.
     """
     run_dir = Path(run_dir)
     cons = check_constraints(space, cfg, input_size)  # fails fast, identically on every rank
@@ -681,6 +685,8 @@ def run_search(
         from detnas.search_plots import plot_search
 
         plot_search(search.records, run_dir, topk=cfg.topk)
+        if before_finish is not None:
+            before_finish(list(search.records))
         # last: the pipeline takes best.json as the sign that the search finished with all its outputs
         write_text_atomic(run_dir / BEST_FILE, json.dumps(best_json, indent=2) + "\n")
         if progress:

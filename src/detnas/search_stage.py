@@ -8,7 +8,9 @@ split that finetuning wrote. The test split is never read here.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -24,9 +26,10 @@ from detnas.detector import DetectorConfig, build_detector
 from detnas.distributed import init_distributed
 from detnas.errors import UserError
 from detnas.evaluate import decoded_batches, evaluate_detection_path
+from detnas.fitness_check import check_fitness, checked_count, write_check
 from detnas.search import SearchConfig, SearchResult, run_search
 from detnas.search_split import SPLIT_FILE
-from detnas.space import get_space
+from detnas.space import get_space, parse_arch
 from detnas.supernet import ShuffleNetBackbone
 from detnas.train import CHECKPOINT
 from detnas.train_config import FinetuneConfig
@@ -77,8 +80,17 @@ class SupernetEvaluator:
                                DetectionTransform(det.min_size, det.max_size, flip=self.cfg.data.flip), self.cfg.seed)
         held = set(self.search_set.image_ids)
         train = train.subset([i for i, image_id in enumerate(train.image_ids) if image_id not in held])
-        self.recalib = decoded_batches(train, fitness.recalib_images, fitness.batch_size, collate)
+        self.recalib_train = train
+        self.recalib = decoded_batches(train, fitness.recalib_images, fitness.batch_size, collate, self.cfg.seed)
         self.fitness = fitness
+
+    def with_recalib_seed(self, seed: int) -> SupernetEvaluator:
+        """The same evaluator with BN statistics recalibrated on another random sample of training
+        images: the spread between the two measures the fitness's own noise."""
+        other = copy.copy(self)
+        other.recalib = decoded_batches(self.recalib_train, self.fitness.recalib_images, self.fitness.batch_size,
+                                        collate, seed)
+        return other
 
     def identity(self) -> dict:
         """What a candidate's fitness depends on: the supernet's weights, the search split and the
@@ -105,5 +117,15 @@ def _sha256(path: Path) -> str:
 
 def run_search_stage(cfg: SearchStageConfig, out_dir: Path, resume: bool) -> SearchResult:
     evaluator = SupernetEvaluator(cfg.supernet, cfg.fitness)
+
+    def fitness_check(history: list[dict]) -> None:
+        if checked_count(out_dir) == len(history):  # a finished search resumed: already checked
+            return
+        again = evaluator.with_recalib_seed(evaluator.cfg.seed + 1)
+        check = check_fitness(history, lambda arch: again(parse_arch(arch, evaluator.space))["map"])
+        write_check(out_dir, check)
+        for warning in check["warnings"]:
+            print(f"warning: {warning}", file=sys.stderr)
+
     return run_search(evaluator.space, cfg.search, evaluator, out_dir, resume=resume, progress=cfg.progress,
-                      evaluator_identity=evaluator.identity())
+                      evaluator_identity=evaluator.identity(), before_finish=fitness_check)

@@ -66,12 +66,12 @@ def pretrain_job(cfg: PretrainConfig, arch: Arch | None = None) -> Job:
         val = torch.utils.data.DataLoader(val_set, batch_size=cfg.eval.batch_size * 4)
         if arch is not None:  # a standalone network has its own BN statistics: no recalibration
             return {"top1": {arch_to_str(arch): classification_top1(model, val)}}
-        recalib = decoded_batches(train_set, cfg.eval.recalib_images, cfg.eval.batch_size)
+        recalib = decoded_batches(train_set, cfg.eval.recalib_images, cfg.eval.batch_size, seed=cfg.seed)
         top1 = {
             arch_to_str(a): evaluate_classification_path(model, a, recalib, val)
             for a in eval_archs(space, cfg.eval, cfg.seed, cfg.sampling)
         }
-        return {"top1": top1}
+        return {"top1": top1, "chance": 1 / len(train_set.classes)}
 
     return Job(
         "pretrain" if arch is None else "retrain-pretrain", model, train_set, None, loss,
@@ -134,7 +134,7 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None) -
         if eval_set is None:
             return {}
         eval_set = eval_set.with_transform(DetectionTransform(det.min_size, det.max_size, flip=False))
-        recalib = decoded_batches(train_set, cfg.eval.recalib_images, cfg.eval.batch_size, collate)
+        recalib = decoded_batches(train_set, cfg.eval.recalib_images, cfg.eval.batch_size, collate, cfg.seed)
         gt = eval_set.to_coco()
         if arch is not None:  # a standalone network has its own BN statistics: no recalibration
             return {"split": "test", "metrics": detection_metrics(model, eval_set, cfg.eval.batch_size, gt=gt)}
