@@ -46,6 +46,7 @@ class PretrainRecipe(StrictModel):
     train: ScheduleConfig
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     dropout: float = Field(0.1, ge=0, lt=1)
+    grow_iters: int = Field(0, ge=0)  # see ClassificationRecipe
 
 
 class RetrainRecipe(StrictModel):
@@ -98,7 +99,8 @@ class PipelineConfig(SpaceConfig):
     def retrain_config(self) -> RetrainConfig:
         pretrain = None
         if self.retrain.pretrain is not None and self.classification is not None:
-            recipe = dict(self.pretrain) if self.pretrain is not None else {}
+            # a standalone network has no choices to grow
+            recipe = self.pretrain.model_dump(exclude={"grow_iters"}) if self.pretrain is not None else {}
             pretrain = {**recipe, "data": self.classification, "train": self.retrain.pretrain}
         data = self.detection.model_copy(update={"holdout": self.detection.holdout.model_copy(update={"size": 0})})
         return RetrainConfig(**self.common(), data=data, detector=self.detector, train=self.retrain.train,

@@ -22,6 +22,7 @@ from detnas.evaluate import (
 from detnas.search_split import SPLIT_FILE, carve_holdout
 from detnas.space import Arch, SearchSpace, arch_to_str, get_space, parse_arch
 from detnas.supernet import ShuffleNetBackbone
+from detnas.supernet_growth import grow_choices
 from detnas.train import Job, path_for_step, run_training
 from detnas.train_config import EvalConfig, FinetuneConfig, PretrainConfig
 
@@ -73,11 +74,15 @@ def pretrain_job(cfg: PretrainConfig, arch: Arch | None = None) -> Job:
         }
         return {"top1": top1, "chance": 1 / len(train_set.classes)}
 
+    grow = None
+    if arch is None and cfg.grow_iters:
+        grow = (cfg.grow_iters, lambda model, batch: grow_choices(model, batch[0].to(next(model.parameters()).device)))
     return Job(
         "pretrain" if arch is None else "retrain-pretrain", model, train_set, None, loss,
         arch_schedule(space, cfg, arch), final_eval,
         {"space": space_meta(cfg), "arch": arch and arch_to_str(arch), "classes": train_set.classes,
          "config": cfg.model_dump(mode="json")},
+        grow=grow,
     )
 
 
@@ -85,7 +90,9 @@ def arch_schedule(space: SearchSpace, cfg, arch: Arch | None):
     """The path of each step: sampled for a supernet, always ``arch`` for a standalone network."""
     if arch is not None:
         return lambda step: arch
-    return lambda step: path_for_step(space, cfg.seed, step, cfg.sampling)
+    grow_iters = getattr(cfg, "grow_iters", 0)  # pretraining that grows the supernet out of choice 0
+    baseline = (0,) * space.num_blocks
+    return lambda step: baseline if step < grow_iters else path_for_step(space, cfg.seed, step, cfg.sampling)
 
 
 def load_backbone_weights(body: ShuffleNetBackbone, ckpt_path: Path, space: dict, stage: str) -> None:

@@ -94,6 +94,9 @@ class Job:
     # files the run writes into its folder before training (main worker only, after the check that
     # the folder holds no other run): e.g. the held-out search split of finetuning
     write_files: Callable[[Path], None] | None = None
+    # (step, grow(model, batch)): called once, before the step of that number, e.g. to grow the
+    # supernet's choices out of the path trained until then (supernet_growth.py)
+    grow: tuple[int, Callable[[nn.Module, object], None]] | None = None
 
 
 # config sections that may change between an interrupted run and its resumption: they do not change
@@ -236,9 +239,12 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
     with log:
         while step < schedule.iters and (stop_after is None or stop_after > 0):
             arch = job.arch_for_step(step)
+            batch = next(batches)
+            if job.grow is not None and job.grow[0] == step:
+                job.grow[1](model, batch)
+                broadcast_state(model)  # every worker continues from rank 0's grown weights
             try:
-                loss, n_images = train_step(model, job, next(batches), arch, device, params, optimizer,
-                                            schedule.grad_clip)
+                loss, n_images = train_step(model, job, batch, arch, device, params, optimizer, schedule.grad_clip)
             except TrainingDiverged as e:
                 raise TrainingDiverged(f"training diverged at step {step + 1}: {e}; lower train.lr, raise "
                                        "train.warmup_iters or set train.grad_clip") from None

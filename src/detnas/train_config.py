@@ -127,6 +127,16 @@ class ClassificationRecipe(StrictModel):
     train: ScheduleConfig
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     dropout: float = Field(0.1, ge=0, lt=1)
+    # supernet only: train the ShuffleNetV2 path (choice 0 everywhere) alone for this many steps, then
+    # grow the other choices out of it (supernet_growth.py) and train path-wise; 0 = path-wise from
+    # the start, the authors' recipe
+    grow_iters: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _grow_before_the_end(self):
+        if self.grow_iters >= self.train.iters:
+            raise ValueError(f"grow_iters ({self.grow_iters}) must be smaller than train.iters ({self.train.iters})")
+        return self
 
 
 class PretrainConfig(SpaceConfig, ClassificationRecipe):
@@ -153,6 +163,13 @@ class RetrainConfig(FinetuneConfig):
     the detector from scratch)."""
 
     pretrain: ClassificationRecipe | None = None
+
+    @field_validator("pretrain")
+    @classmethod
+    def _nothing_to_grow(cls, v: ClassificationRecipe | None) -> ClassificationRecipe | None:
+        if v is not None and v.grow_iters:
+            raise ValueError("grow_iters grows a supernet's choices: a retrained network has none")
+        return v
 
     @field_validator("sampling")
     @classmethod

@@ -1,0 +1,114 @@
+"""Growing a supernet from one trained path, so that path-wise training starts from a network that learns.
+
+Uniform path-wise training from random initialisation can stay at chance on small images: a freshly
+initialised ShuffleNetV2 is chaotic there, so paths of different random choices compute unrelated
+features and no shared layer can fit them all. Even two identical copies of one block, sampled
+alternately, drift apart fast enough to stop learning. A *trained* network is not chaotic in that way:
+copies of its blocks go on learning together.
+
+So ``pretrain.grow_iters`` first trains the ShuffleNetV2 path (choice 0 everywhere) alone, then grows
+the other choices out of it, each computing (nearly) the same function as choice 0 at its position:
+
+- choices 1 and 2 (5x5, 7x7): the 3x3 depthwise kernels in the centre of zero kernels, every other
+  weight copied: the same function exactly;
+- choice 3 (Xception: dw-pw-dw-pw-dw-pw): its first pointwise conv and last pointwise conv are choice 0's,
+  its second depthwise conv is choice 0's depthwise conv, and the three extra layers are identities
+  whose BatchNorms are set from the statistics of their inputs (the one before a ReLU is shifted by
+  8 standard deviations, so that the ReLU passes nearly everything; the next BN removes the shift).
+  Exact at stride 1 (to float rounding); at stride 2 the depthwise conv runs after the subsampling
+  instead of with it, an approximation (half of that block's output, the projection branch, is exact).
+
+Path-wise training then starts with every path as good as the trained one and lets the choices differ.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from detnas.supernet import ShuffleNetBackbone
+
+RELU_SHIFT = 8.0  # standard deviations: the ReLU after an identity layer clips (almost) nothing
+
+
+def _identity_(conv: nn.Conv2d) -> None:
+    conv.weight.zero_()
+    k = conv.weight.shape[-1]
+    if conv.groups > 1:  # depthwise
+        conv.weight[:, 0, k // 2, k // 2] = 1
+    else:  # pointwise, square
+        conv.weight[:, :, 0, 0] = torch.eye(conv.weight.shape[0])
+
+
+def _set_bn_(bn: nn.BatchNorm2d, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    bn.weight.copy_(weight)
+    bn.bias.copy_(bias)
+
+
+def _centre_copy_(src: dict[str, torch.Tensor], dst: nn.Module) -> None:
+    """Copy ``src`` into ``dst``; a larger depthwise kernel gets the smaller one in its centre."""
+    for key, target in dst.state_dict().items():
+        value = src[key]
+        if value.shape == target.shape:
+            target.copy_(value)
+        else:
+            target.zero_()
+            k, big = value.shape[-1], target.shape[-1]
+            o = (big - k) // 2
+            target[..., o:o + k, o:o + k] = value
+
+
+@torch.no_grad()
+def branch_input_stats(supernet: ShuffleNetBackbone, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-channel mean and standard deviation of the input of choice 0's branch at every position,
+    on the ShuffleNetV2 path in training mode (batch statistics, as path-wise training sees them)."""
+    stats: list = [None] * len(supernet.blocks)
+    hooks = [
+        choices[0].branch.register_forward_pre_hook(
+            lambda _m, inputs, i=i: stats.__setitem__(i, (inputs[0].mean((0, 2, 3)), inputs[0].std((0, 2, 3))))
+        )
+        for i, choices in enumerate(supernet.blocks)
+    ]
+    was_training = supernet.training
+    buffers = [(b, b.clone()) for b in supernet.buffers()]  # a forward in training mode updates BN statistics
+    try:
+        supernet.train()
+        supernet(images, (0,) * len(supernet.blocks))
+    finally:
+        for h in hooks:
+            h.remove()
+        for b, saved in buffers:
+            b.copy_(saved)
+        supernet.train(was_training)
+    return stats
+
+
+@torch.no_grad()
+def grow_choices(supernet: ShuffleNetBackbone, images: torch.Tensor) -> None:
+    """Overwrite choices 1-3 at every position with function-preserving copies of choice 0.
+
+    ``images``: a batch of training images (as the backbone's input), used for the statistics of
+    the Xception block's extra identity layers.
+    """
+    if not supernet.is_supernet:
+        raise ValueError("grow_choices needs a supernet (all choices at every position)")
+    stats = branch_input_stats(supernet, images)
+    for (mean, std), choices in zip(stats, supernet.blocks):
+        base = choices[0]
+        state = base.state_dict()
+        for c in (1, 2):
+            _centre_copy_(state, choices[c])
+        xception, shuffle = choices[3].branch, base.branch
+        # [dw + BN] identity on the branch input: BN restores its mean and spread
+        _identity_(xception[0][0])
+        _set_bn_(xception[0][1], std, mean)
+        xception[1].load_state_dict(shuffle[0].state_dict())  # pointwise in -> mid
+        xception[2].load_state_dict(shuffle[1].state_dict())  # depthwise 3x3 + BN
+        gamma, beta = shuffle[1][1].weight.abs(), shuffle[1][1].bias  # spread and mean of that BN's output
+        _identity_(xception[3][0])  # pointwise mid -> mid, shifted above the ReLU
+        _set_bn_(xception[3][1], gamma, beta + RELU_SHIFT * gamma)
+        _identity_(xception[4][0])  # depthwise: BN removes the shift
+        _set_bn_(xception[4][1], gamma, beta)
+        xception[5].load_state_dict(shuffle[2].state_dict())  # pointwise mid -> out
+        if choices[3].proj is not None:  # stride 2: the projection branch is 3x3 in both
+            choices[3].proj.load_state_dict(base.proj.state_dict())
