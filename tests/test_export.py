@@ -18,17 +18,18 @@ import detnas
 from data_builders import make_coco, make_voc
 from detnas.checkpoint import load_checkpoint, save_checkpoint
 from detnas.cocoeval import format_metrics_table
-from detnas.commands_export import evaluate_cmd, export_cmd
+from detnas.cli import app as detnas_app
 from detnas.data.coco import load_coco
 from detnas.data.transforms import DetectionTransform
 from detnas.detector import DetectorConfig, anchor_generator, build_detector, roi_pooler
 from detnas.errors import UserError
 from detnas.evaluate import detection_metrics, detector_backbone_forward, recalibrate_bn
 from detnas.export import OneImageDetector, export_model
-from detnas.inference import evaluate_checkpoint, load_trained_detector
+from detnas.inference import evaluate_checkpoint
+from detnas.weights import load_trained_detector
 from detnas.space import get_space, parse_arch
 from detnas.supernet import ShuffleNetBackbone
-from detnas.train_config import DetectionSource
+from detnas.configs import DetectionSource
 
 ARCH = "21202112331300313132"  # COCO-FPN-300M: all four block choices, Small space
 CLASSES = ["cat", "dog"]
@@ -278,10 +279,7 @@ def test_evaluate_matches_classes_by_name(tmp_path, coco):
 
 
 def cli() -> typer.Typer:
-    app = typer.Typer(pretty_exceptions_enable=False)
-    app.command("evaluate")(evaluate_cmd)
-    app.command("export")(export_cmd)
-    return app
+    return detnas_app
 
 
 def test_cli_evaluate_and_export(tmp_path, coco):

@@ -108,7 +108,7 @@ def test_pipeline_killed_during_search_resumes_and_reports(tmp_path):
 def test_packaged_demo_config_is_valid_and_uses_the_demo_data(tmp_path):
     from detnas.config import validate
     from detnas.demo import demo_config
-    from detnas.pipeline import PipelineConfig
+    from detnas.configs import PipelineConfig
 
     cfg = validate(PipelineConfig, demo_config(tmp_path / "data"), "demo.yaml")
     assert cfg.detection.train.annotations.is_file() and cfg.detection.test.annotations.is_file()

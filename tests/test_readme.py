@@ -64,7 +64,7 @@ def test_cheap_readme_commands_run(args):
 
 def test_readme_config_example_is_a_valid_pipeline_config():
     from detnas.config import validate
-    from detnas.pipeline import PipelineConfig
+    from detnas.configs import PipelineConfig
 
     examples = [body for lang, body in BLOCKS if lang == "yaml"]
     assert examples

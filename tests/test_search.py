@@ -22,9 +22,12 @@ import pytest
 from detnas.config import validate
 from detnas.errors import UserError
 from detnas.flops import arch_cost
-from detnas.search import (
-    HISTORY_FILE, PARTIAL_FILE, STATE_FILE, SearchConfig, check_constraints, load_state, run_search,
-)
+from detnas.configs import SearchConfig
+from detnas.constraints import check_constraints
+from detnas.runs import HISTORY_FILE, PARTIAL_FILE
+from detnas.runs import SEARCH_STATE_FILE as STATE_FILE
+from detnas.search import run_search
+from detnas.search_state import load_state
 from detnas.search_plots import pareto_front, plot_search, progress_curve
 from detnas.space import SearchSpace, arch_to_str, get_space
 

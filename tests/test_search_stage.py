@@ -31,12 +31,13 @@ from detnas.data import build_demo_data
 from detnas.detector import extract_detector
 from detnas.evaluate import detector_backbone_forward, predict, recalibrate_bn
 from detnas.flops import arch_cost
-from detnas.search_split import SPLIT_FILE
-from detnas.search_stage import FitnessConfig, SupernetEvaluator
+from detnas.runs import SPLIT_FILE
+from detnas.configs import FitnessConfig
+from detnas.search_stage import SupernetEvaluator
 from detnas.space import get_space, parse_arch
 from detnas.stages import finetune_job, run_stage
 from detnas.train import run_training
-from detnas.train_config import FinetuneConfig
+from detnas.configs import FinetuneConfig
 
 # subprocesses run single-threaded: the same numbers in every run, and no oversubscription of the cores
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 import detnas.search_plots
-from detnas.search import BEST_FILE, SearchConfig, run_search
+from detnas.configs import SearchConfig
+from detnas.runs import BEST_FILE
+from detnas.search import run_search
 from detnas.space import SearchSpace
 
 TINY = SearchSpace("tiny", 8, (1, 1, 1, 1), (16, 32, 64, 128))

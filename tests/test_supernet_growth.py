@@ -9,12 +9,12 @@ import pytest
 import torch
 from data_builders import make_image_folder
 
+from detnas.configs import PretrainConfig, RetrainConfig
 from detnas.space import get_space
 from detnas.stages import pretrain_job
 from detnas.supernet import ShuffleNetBackbone
 from detnas.supernet_growth import grow_choices
 from detnas.train import run_training
-from detnas.train_config import PretrainConfig, RetrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from detnas.config import validate
+from detnas.configs import PipelineConfig
 from detnas.demo import demo_config
-from detnas.pipeline import PipelineConfig
 from detnas.space import arch_to_str, get_space
 from detnas.stages import eval_archs, pretrain_job, run_stage
 

@@ -27,8 +27,9 @@ from cli_checks import one_line_error  # noqa: E402
 
 from detnas.checkpoint import save_checkpoint  # noqa: E402
 from detnas.stages import finetune_job, pretrain_job  # noqa: E402
-from detnas.train import CHECKPOINT, param_groups, run_training  # noqa: E402
-from detnas.train_config import FinetuneConfig, PretrainConfig  # noqa: E402
+from detnas.runs import CHECKPOINT  # noqa: E402
+from detnas.train import param_groups, run_training  # noqa: E402
+from detnas.configs import FinetuneConfig, PretrainConfig  # noqa: E402
 
 ALL0 = "0" * 20
 # subprocesses run single-threaded: the same numbers in every run, and no oversubscription of the cores

@@ -10,12 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-# Before torch is imported: OpenMP threads that spin while waiting make training 10x slower as soon
-# as another process (a second torchrun worker, a data loader) shares the cores. Users may override.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from detnas.errors import UserError  # noqa: E402
-from detnas.space import PRESETS, SPACES, ArchError, arch_to_str, get_space, parse_arch  # noqa: E402
+from detnas.errors import UserError
+from detnas.space import PRESETS, SPACES, ArchError, arch_to_str, get_space, parse_arch, resolve_arch
 
 app = typer.Typer(
     add_completion=False,
@@ -26,7 +22,9 @@ app = typer.Typer(
 
 
 def _mflops(v: int) -> str:
-    return f"{v / 1e6:.2f}M"
+    from detnas.flops import fmt_millions
+
+    return fmt_millions(v)
 
 
 @app.command()
@@ -77,18 +75,12 @@ def flops(
 
     if input_size < 32:
         raise UserError(f"--input-size must be at least 32, got {input_size}")
-    preset = PRESETS.get(arch.strip())
-    name = space_name or (preset.space if preset else None)
-    if name is None:
-        name = next((n for n, sp in SPACES.items() if sp.num_blocks == len(parse_arch(arch))), "small")
-    mult = width_mult if width_mult is not None else (preset.width_mult if preset else 1.0)
-    sp = get_space(name, mult)
-    a = parse_arch(arch, sp)
+    a, sp = resolve_arch(arch, space_name, width_mult)
     c = arch_cost(sp, a, input_size, num_classes)
     result = {
         "arch": arch_to_str(a),
-        "space": name,
-        "width_mult": mult,
+        "space": sp.name,
+        "width_mult": sp.width_mult,
         "input_size": input_size,
         "body_flops": c.body_flops,
         "full_flops": c.full_flops,
@@ -96,8 +88,10 @@ def flops(
         "body_params": c.body_params,
     }
     if detector is not None:
-        result["detector"] = _detector_flops(sp, a, detector, det_classes, input_size, fpn_channels,
-                                             box_head_channels, proposals)
+        from detnas.detector_flops import detector_costs
+
+        result["detector"] = detector_costs(sp, a, detector, det_classes, input_size, fpn_channels,
+                                            box_head_channels, proposals)
     if as_json:
         print(json.dumps(result))
         return
@@ -109,24 +103,6 @@ def flops(
             print(f"{k:<12} {_mflops(v) if k.endswith('flops') else v}")
 
 
-def _detector_flops(space, arch, kind: str, num_classes: int, input_size: int, fpn_channels: int,
-                    box_head_channels: int, proposals: int) -> dict:
-    from pydantic import ValidationError
-
-    from detnas.detector import DetectorConfig, build_detector
-    from detnas.detector_flops import detector_macs
-    from detnas.supernet import ShuffleNetBackbone
-
-    try:
-        cfg = DetectorConfig(kind=kind, fpn_channels=fpn_channels, box_head_channels=box_head_channels,
-                             rpn_post_nms_top_n_test=proposals, rpn_pre_nms_top_n_test=max(proposals, 1000),
-                             min_size=input_size, max_size=input_size)
-    except ValidationError as e:
-        raise UserError(f"bad detector option: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
-    model = build_detector(ShuffleNetBackbone(space, arch), num_classes, cfg)
-    return {"kind": kind, **detector_macs(model, input_size)}
-
-
 ConfigOpt = Annotated[Path, typer.Option("--config", help="YAML config file")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="run folder (default: runs/<stage>)")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue the run in --out where it stopped")]
@@ -135,7 +111,7 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue the run in -
 def _train_stage(stage: str, config: Path, out: Path | None, resume: bool) -> None:
     from detnas.config import load_config
     from detnas.stages import finetune_job, pretrain_job, run_stage
-    from detnas.train_config import FinetuneConfig, PretrainConfig
+    from detnas.configs import FinetuneConfig, PretrainConfig
 
     out = out or Path("runs") / stage
     if stage == "pretrain":
@@ -162,7 +138,8 @@ def finetune(config: ConfigOpt, out: OutOpt = None, resume: ResumeOpt = False) -
 def search(config: ConfigOpt, out: OutOpt = None, resume: ResumeOpt = False) -> None:
     """Stage 3: evolutionary (or random) search of the finetuned supernet under a FLOPs budget."""
     from detnas.config import load_config
-    from detnas.search_stage import SearchStageConfig, run_search_stage
+    from detnas.configs import SearchStageConfig
+    from detnas.search_stage import run_search_stage
 
     cfg = load_config(config, SearchStageConfig)
     run_search_stage(cfg, out or Path("runs") / "search", resume)
@@ -179,11 +156,12 @@ def retrain(
     """Stage 4: retrain one architecture as a standalone network (optionally pretrained) and test it."""
     from detnas.cocoeval import format_metrics_table
     from detnas.config import load_config
+    from detnas.configs import RetrainConfig
     from detnas.retrain import run_retrain
-    from detnas.train_config import RetrainConfig
 
     cfg = load_config(config, RetrainConfig)
-    result = run_retrain(arch, cfg, out or Path("runs") / "retrain", resume, pretrain=not no_pretrain)
+    chosen, _ = resolve_arch(arch, get_space(cfg.space, cfg.width_mult))
+    result = run_retrain(chosen, cfg, out or Path("runs") / "retrain", resume, pretrain=not no_pretrain)
     print(f"{result['arch']}  body FLOPs {_mflops(result['body_flops'])}  test split:")
     print(format_metrics_table(result["test"]))
 
@@ -197,7 +175,8 @@ def pipeline(
 ) -> None:
     """All stages: pretrain, finetune, search (+ random search), retrain searched/random/baseline, report."""
     from detnas.config import load_config
-    from detnas.pipeline import PipelineConfig, run_pipeline
+    from detnas.configs import PipelineConfig
+    from detnas.pipeline import run_pipeline
 
     report = run_pipeline(load_config(config, PipelineConfig), out)
     print(f"report: {report}")
@@ -215,18 +194,86 @@ def demo(
     print(f"report: {report}")
 
 
-def _register_export_commands() -> None:
-    from detnas.commands_export import evaluate_cmd, export_cmd
-
-    app.command("evaluate")(evaluate_cmd)
-    app.command("export")(export_cmd)
+CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="retrained detector checkpoint (detnas retrain)")]
 
 
-_register_export_commands()
+def _source(coco_annotations: Path | None, images: Path | None, voc_root: Path | None, voc_split: str | None):
+    from detnas.configs import DetectionSource
+
+    if voc_root is not None and (coco_annotations is not None or images is not None):
+        raise UserError("give either --coco-annotations and --images, or --voc-root, not both")
+    if voc_root is not None:
+        return DetectionSource(format="voc", root=voc_root, split=voc_split)
+    if voc_split is not None:
+        raise UserError("--voc-split needs --voc-root")
+    if coco_annotations is None or images is None:
+        raise UserError("give the data to evaluate on: --coco-annotations FILE and --images DIR, or --voc-root DIR")
+    return DetectionSource(format="coco", annotations=coco_annotations, images=images)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    checkpoint: CheckpointOpt,
+    coco_annotations: Annotated[Optional[Path], typer.Option(help="COCO annotation JSON")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="folder of the COCO images")] = None,
+    voc_root: Annotated[Optional[Path], typer.Option(help="Pascal VOC folder (Annotations/, JPEGImages/)")] = None,
+    voc_split: Annotated[
+        Optional[str], typer.Option(help="VOC split: ImageSets/Main/<split>.txt (default: all)")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 8,
+    out: Annotated[Optional[Path], typer.Option("--out", help="also write the metrics to this JSON file")] = None,
+) -> None:
+    """COCO box mAP (AP, AP50, AP75, APs, APm, APl) of a retrained detector on a COCO or VOC set."""
+    from detnas.atomic import write_json_atomic
+    from detnas.cocoeval import format_metrics_table
+    from detnas.inference import evaluate_detector
+    from detnas.weights import load_trained_detector
+
+    source = _source(coco_annotations, images, voc_root, voc_split)
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    if out is not None and out.is_dir():
+        raise UserError("--out is a folder; give a file name such as metrics.json", out)
+    detector, info = load_trained_detector(checkpoint, "evaluate")
+    metrics = evaluate_detector(detector, info, source, batch_size)
+    print(f"{checkpoint}: {info['kind']} detector, arch {info['arch']} ({info['space']} x{info['width_mult']:g})")
+    print(format_metrics_table(metrics))
+    if out is not None:
+        write_json_atomic({
+            "checkpoint": str(checkpoint),
+            "arch": info["arch"],
+            "space": info["space"],
+            "width_mult": info["width_mult"],
+            "data": source.model_dump(mode="json", exclude_none=True),
+            "metrics": metrics,
+        }, out)
+        print(f"metrics written to {out}")
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: CheckpointOpt,
+    out: Annotated[Path, typer.Option("--out", help="folder to write the exported files to")],
+    onnx: Annotated[bool, typer.Option(
+        "--onnx/--no-onnx", help="also export the whole detector to ONNX (needs: pip install 'detnas[export]')",
+    )] = False,
+) -> None:
+    """Export a retrained detector: backbone and detector weights (safetensors), arch.json, optionally ONNX."""
+    from detnas.export import export_model
+
+    result = export_model(checkpoint, out, onnx=onnx)
+    for name, path in result["files"].items():
+        print(f"{name:<9} {path}")
+    if result["onnx_exporter"]:
+        print(f"ONNX: whole detector, one image [3, H, W] in [0, 1]; exporter: {result['onnx_exporter']}")
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    # Before torch is imported (the commands import it): OpenMP threads that spin while waiting make
+    # training 10x slower as soon as another process (a second torchrun worker, a data loader) shares
+    # the cores. Users may override it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         app(args=argv, standalone_mode=False)
     except (UserError, ArchError) as e:

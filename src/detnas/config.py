@@ -26,7 +26,8 @@ def _rank(error: dict) -> int:
     return {"extra_forbidden": 0, "missing": 2}.get(error["type"], 1)
 
 
-def _describe(err: ValidationError) -> str:
+def describe_error(err: ValidationError) -> str:
+    """The first problem of a validation error in one line (unknown keys first, see ``_rank``)."""
     first = min(err.errors(), key=_rank)
     where = ".".join(str(p) for p in first["loc"])
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
@@ -40,7 +41,7 @@ def validate(model: type[M], data: dict, source: str | Path) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise UserError(_describe(e), source) from None
+        raise UserError(describe_error(e), source) from None
 
 
 def load_config(path: str | Path, model: type[M], overrides: dict | None = None) -> M:

@@ -8,16 +8,18 @@ from pathlib import Path
 import yaml
 
 from detnas.config import validate
-from detnas.data.demo import build_demo_data
+from detnas.configs import PipelineConfig
+from detnas.data.demo import DemoPaths, build_demo_data
 from detnas.distributed import barrier, is_main
-from detnas.pipeline import PipelineConfig, run_pipeline
+from detnas.pipeline import run_pipeline
 
 CONFIG_FILE = "config.yaml"
 
 
-def demo_config(data_root: Path | None = None) -> dict:
-    """The packaged demo config with the paths of the (built or cached) demo data filled in."""
-    paths = build_demo_data(data_root)
+def demo_config(data_root: Path | None = None, paths: DemoPaths | None = None) -> dict:
+    """The packaged demo config with the paths of the demo data filled in: ``paths``, or the data built
+    (or cached) in ``data_root``."""
+    paths = paths or build_demo_data(data_root)
     cfg = yaml.safe_load(resources.files("detnas").joinpath("configs/demo.yaml").read_text())
     cfg["classification"].update(train=str(paths.cls_train), val=str(paths.cls_val))
     images = str(paths.det_images)

@@ -45,3 +45,24 @@ def detector_macs(detector: nn.Module, input_size: int | tuple[int, int]) -> dic
         return out
     finally:
         detector.train(was_training)
+
+
+def detector_costs(space, arch, kind: str, num_classes: int, input_size: int, fpn_channels: int,
+                   box_head_channels: int, proposals: int) -> dict:
+    """``{"kind", **detector_macs}`` of a square-input detector of ``kind`` around ``arch`` with the
+    given head sizes (the box head counted for ``proposals`` test-time proposals)."""
+    from pydantic import ValidationError
+
+    from detnas.config import describe_error
+    from detnas.detector import DetectorConfig, build_detector
+    from detnas.errors import UserError
+    from detnas.supernet import ShuffleNetBackbone
+
+    try:
+        cfg = DetectorConfig(kind=kind, fpn_channels=fpn_channels, box_head_channels=box_head_channels,
+                             rpn_post_nms_top_n_test=proposals, rpn_pre_nms_top_n_test=max(proposals, 1000),
+                             min_size=input_size, max_size=input_size)
+    except ValidationError as e:
+        raise UserError(f"bad detector option: {describe_error(e)}") from None
+    model = build_detector(ShuffleNetBackbone(space, arch), num_classes, cfg)
+    return {"kind": kind, **detector_macs(model, input_size)}

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -81,6 +81,53 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj if get_rank() == src else None]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 only and give its result (or its error) to every worker."""
+    from detnas.errors import UserError
+
+    if get_world_size() == 1:
+        return fn()
+    payload = None
+    if get_rank() == 0:
+        try:
+            payload = ("ok", fn())
+        except UserError as e:
+            payload = ("user", str(e), e.path)
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+            payload = ("error", f"{type(e).__name__}: {e}")
+    got = all_gather_object(payload)[0]
+    if got[0] == "ok":
+        return got[1]
+    if got[0] == "user":
+        err = UserError(got[1])
+        err.path = got[2]
+        raise err
+    raise RuntimeError(f"rank 0 failed: {got[1]}")
+
+
+def broadcast_state(model: nn.Module) -> None:
+    """Give every worker rank 0's parameters and buffers (one broadcast per dtype), so that workers
+    start equal even if their models were built differently; DDP does the same at construction."""
+    if not is_distributed():
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in model.state_dict(keep_vars=True).values():
+        by_dtype.setdefault(t.dtype, []).append(t.data)
+    for tensors in by_dtype.values():
+        flat = _flatten_dense_tensors(tensors)
+        dist.broadcast(flat, src=0)
+        for t, synced in zip(tensors, _unflatten_dense_tensors(flat, tensors)):
+            t.copy_(synced)
+
+
+def mean_over_workers(value: float) -> float:
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()
 
 
 def allreduce_gradients(params: Iterable[nn.Parameter]) -> None:

@@ -1,4 +1,4 @@
-"""Exporting a retrained detector, and loading its backbone into your own torchvision detector.
+"""Exporting a retrained detector (reading it back: ``weights.py``).
 
 ``export_model(checkpoint, out_dir)`` writes all files into a temp folder first and moves them into
 ``out_dir`` only when every one is complete (a failed export leaves ``out_dir`` as it was):
@@ -11,22 +11,19 @@
   'detnas[export]'``): the whole detector for one image of any size.
 
 Each safetensors file carries the SHA-256 of its tensors in its metadata (``sha256``), checked when
-``backbone(...)`` reads it.
+``weights.backbone(...)`` reads it.
 
 ONNX: torchvision's detectors contain data-dependent control flow (NMS keeps a data-dependent number
 of boxes), which ``torch.export`` cannot capture: in torch 2.14 the dynamo exporter
 (``torch.onnx.export(..., dynamo=True)``) fails on them with ``GuardOnDataDependentSymNode`` inside
 ``batched_nms``. The TorchScript-based exporter (``dynamo=False``), which torchvision's own ONNX tests
 use, traces them correctly, with dynamic image height and width, so that is the one used here.
-
-``backbone(...)`` (also ``detnas.backbone``) builds the backbone for a plain torchvision detector.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 import types
 import warnings
 from pathlib import Path
@@ -35,18 +32,13 @@ import torch
 from torch import nn
 
 from detnas.atomic import atomic_write, staged_files, write_text_atomic
-from detnas.digest import content_sha256
-from detnas.errors import UserError, read_json
+from detnas.errors import UserError
+from detnas.weights import (
+    ARCH_FILE, BACKBONE_FILE, CHECKSUM, DETECTOR_FILE, EXPORT_FORMAT, ONNX_FILE, load_trained_detector, tensors_sha256,
+)
 
-BACKBONE_FILE = "backbone.safetensors"
-DETECTOR_FILE = "detector.safetensors"
-ARCH_FILE = "arch.json"
-ONNX_FILE = "detector.onnx"
-EXPORT_FORMAT = "detnas-export"
 EXPORT_VERSION = 1
 ONNX_OPSET = 17
-CHECKSUM = "sha256"
-DEFAULT_FPN_CHANNELS = 256  # torchvision's and the paper's; exports carry their own
 
 
 def feature_names(kind: str) -> list[str]:
@@ -59,28 +51,8 @@ def _save_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict
 
     # safetensors refuses views and tensors sharing storage: give it contiguous copies
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    metadata = {**metadata, CHECKSUM: _tensors_sha256(tensors)}
+    metadata = {**metadata, CHECKSUM: tensors_sha256(tensors)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    return content_sha256(dict(sorted(tensors.items())))  # safetensors does not keep the order
-
-
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of ``path``, checked against the checksum in its metadata when it has one."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(path))
-        with safe_open(str(path), "pt") as f:
-            stored = (f.metadata() or {}).get(CHECKSUM)
-    except Exception as e:  # safetensors raises its own error type for truncated or foreign files
-        raise UserError(f"not a readable safetensors file: {str(e).splitlines()[0]}", path) from None
-    if stored is not None and stored != _tensors_sha256(state):
-        raise UserError("weights file is damaged: its tensors do not match the checksum stored in it", path)
-    return state
 
 
 class OneImageDetector(nn.Module):
@@ -153,7 +125,6 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, onnx: bool = False
     A supernet (``finetune``) checkpoint is refused with a one-line error suggesting ``detnas retrain``.
     """
     from detnas.detector import DetectorConfig
-    from detnas.inference import load_trained_detector
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if onnx:
@@ -209,172 +180,3 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, onnx: bool = False
         write_text_atomic(staging / ARCH_FILE, json.dumps(arch_json, indent=2) + "\n")
     written = {name: out_dir / f for name, f in files.items() if f is not None}
     return {"files": {**written, "arch": out_dir / ARCH_FILE}, "arch": info["arch"], "onnx_exporter": exporter}
-
-
-def _read_arch_json(path: Path) -> dict:
-    data = read_json(path, "arch file")
-    if not isinstance(data, dict):
-        raise UserError("expected a JSON object (an arch.json written by `detnas export`)", path)
-    for key in ("arch", "space"):
-        if not isinstance(data.get(key), str):
-            raise UserError(f"missing or invalid '{key}' (an arch.json written by `detnas export`)", path)
-    return data
-
-
-WEIGHT_STAGES = ("retrain", "retrain-pretrain", "pretrain", "finetune")
-
-
-def _read_weights(path: Path, arch, space_meta: dict) -> tuple[dict, bool]:
-    """The state of ``arch``'s ``BackboneWithFPN`` held by ``path`` (keys ``body.*``, ``fpn.*``), and
-    whether it holds the body only (a classification network: the FPN keeps its fresh initialisation).
-
-    ``path``: an exported ``backbone.safetensors`` or ``detector.safetensors``, or one of our
-    checkpoints: a retrained detector, a retrain-pretraining network, or a supernet (pretrain or
-    finetune), whose weights on ``arch``'s path are taken.
-    """
-    from detnas.space import arch_to_str
-    from detnas.supernet import supernet_key_to_subnet
-
-    if not path.is_file():
-        raise UserError("weights file not found", path)
-    stage = None
-    if path.suffix == ".safetensors":
-        state = _load_safetensors(path)
-    else:
-        from detnas.checkpoint import load_checkpoint
-
-        data = load_checkpoint(path, WEIGHT_STAGES, space_meta)
-        stage, state = data["stage"], data.get("model")
-        if not isinstance(state, dict):
-            raise UserError("checkpoint has no model weights", path)
-        if stage in ("retrain", "retrain-pretrain") and data.get("arch") not in (None, arch_to_str(arch)):
-            raise UserError(f"checkpoint is for architecture {data.get('arch')}, not {arch_to_str(arch)}", path)
-    body_only = stage in ("pretrain", "retrain-pretrain")
-    if body_only:  # a classification network: its body, without the classifier head
-        state = {f"body.{k}": v for k, v in state.items() if not k.startswith("head.")}
-    elif not any(k.startswith("body.") for k in state) and any(k.startswith("backbone.body.") for k in state):
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}  # a whole detector
-    if stage in ("pretrain", "finetune"):  # a supernet: the choices on this path
-        mapped = ((supernet_key_to_subnet(k, arch, prefix="body."), v) for k, v in state.items())
-        state = {k: v for k, v in mapped if k is not None}
-    return state, body_only
-
-
-def _load_state(module: nn.Module, state: dict, weights: Path, body_only: bool = False) -> None:
-    """``module.load_state_dict(state)``, strict (``body_only``: the FPN may be missing); a mismatch is a
-    one-line ``UserError`` naming ``weights``."""
-    try:
-        result = module.load_state_dict(state, strict=not body_only)
-    except RuntimeError as e:
-        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-        raise UserError(f"the weights do not fit this backbone: {' '.join(lines[1:3])[:300]}", weights) from None
-    if body_only:
-        missing = [k for k in result.missing_keys if not k.startswith("fpn.")]
-        if missing or result.unexpected_keys:
-            shown = ", ".join((missing + result.unexpected_keys)[:3])
-            raise UserError(f"the weights do not fit this backbone (e.g. {shown})", weights)
-
-
-def _fpn_shape(state: dict) -> tuple[str | None, int | None]:
-    """(kind, fpn_channels) of the FPN whose weights are in ``state``, if any."""
-    inner = state.get("fpn.inner_blocks.0.0.weight")
-    if inner is None:
-        return None, None
-    return ("retinanet" if "fpn.extra_blocks.p6.weight" in state else "fpn"), int(inner.shape[0])
-
-
-def backbone(
-    arch: str | Path | list[int],
-    space: str | None = None,
-    width_mult: float | None = None,
-    weights: str | Path | bool | None = None,
-    kind: str | None = None,
-    fpn_channels: int | None = None,
-) -> nn.Module:
-    """A DetNAS backbone with its FPN (``detnas.detector.BackboneWithFPN``), for torchvision detectors.
-
-    ``arch`` is one of:
-
-    - the path of an ``arch.json`` written by ``detnas export``: space, width, kind and FPN width come
-      from it, and ``weights`` defaults to the ``backbone.safetensors`` beside it (``weights=False``:
-      fresh initialisation);
-    - a digit string, a JSON list or a preset name (``detnas space`` lists them): ``space`` defaults to
-      the preset's or the one with that many blocks, ``width_mult`` to the preset's or 1.0, ``kind`` to
-      ``"fpn"`` (``"retinanet"``: P3-P7), ``fpn_channels`` to 256 (or what ``weights`` holds);
-      ``weights`` is optional.
-
-    ``weights`` may be a ``backbone.safetensors`` or ``detector.safetensors`` from ``detnas export``, a
-    retrained detector checkpoint, a classification pretraining checkpoint (then only the body is
-    loaded), or a supernet checkpoint (``pretrain``/``finetune``: the weights on ``arch``'s path; their
-    BN statistics mix all paths, so recalibrate them or retrain). The module returns an ``OrderedDict``
-    of feature maps named ``p2, p3, p4, p5, pool``
-    (FPN; strides 4, 8, 16, 32, 64) or ``p3 ... p7`` (RetinaNet), each with ``out_channels`` channels.
-
-    Example: the exported backbone in a plain torchvision Faster R-CNN, with our anchors (one size per
-    level, doubling from ``anchor_size`` at P2) and RoI pooler (P2-P5, 7x7)::
-
-        import json, detnas, torchvision
-        from detnas.detector import DetectorConfig, anchor_generator, roi_pooler
-
-        meta = json.load(open("export/arch.json"))
-        cfg = DetectorConfig(**meta["detector"])
-        model = torchvision.models.detection.FasterRCNN(
-            detnas.backbone("export/arch.json"),
-            num_classes=len(meta["classes"]) + 1,  # + background
-            rpn_anchor_generator=anchor_generator(cfg),  # 5 levels: p2..p5 and pool
-            box_roi_pool=roi_pooler(cfg),  # MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], 7, 2)
-            min_size=cfg.min_size, max_size=cfg.max_size,
-        )
-
-    For a RetinaNet backbone (``kind="retinanet"``) pass ``anchor_generator=anchor_generator(cfg)`` to
-    ``torchvision.models.detection.RetinaNet``. The backbone's BatchNorm layers are ordinary
-    ``nn.BatchNorm2d``: with small per-GPU batches, freeze them or convert them to SyncBatchNorm.
-    """
-    from detnas.detector import BackboneWithFPN
-    from detnas.space import PRESETS, SPACES, get_space, parse_arch
-    from detnas.supernet import ShuffleNetBackbone
-
-    source: Path | None = None
-    text = arch if isinstance(arch, (str, Path)) else None
-    if isinstance(arch, Path) or (isinstance(arch, str) and (arch.endswith(".json") or os.sep in arch)):
-        source = Path(arch)
-        meta = _read_arch_json(source)
-        given_args = {"space": space, "width_mult": width_mult, "kind": kind, "fpn_channels": fpn_channels}
-        for name, given in given_args.items():
-            stored = meta.get(name)
-            if given is not None and stored is not None and given != stored:
-                raise UserError(f"{name}={given!r} was given but the export has {name}={stored!r}", source)
-        text, space, width_mult = meta["arch"], meta["space"], meta.get("width_mult", 1.0)
-        kind, fpn_channels = meta.get("kind", "fpn"), meta.get("fpn_channels")
-        if weights is None:
-            weights = source.parent / meta.get("files", {}).get("backbone", BACKBONE_FILE)
-    preset = PRESETS.get(text.strip()) if isinstance(text, str) else None
-    if weights is False:
-        weights = None
-    elif weights is True:
-        raise UserError("weights=True is ambiguous: give the path of a weights file")
-    weights = None if weights is None else Path(weights)
-    try:
-        if space is None:
-            space = preset.space if preset else None
-        values = parse_arch(text if text is not None else arch)
-        if space is None:
-            space = next(name for name, sp in SPACES.items() if sp.num_blocks == len(values))
-        if width_mult is None:
-            width_mult = preset.width_mult if preset else 1.0
-        search_space = get_space(space, float(width_mult))
-        values = parse_arch(text if text is not None else arch, search_space)
-    except ValueError as e:  # ArchError included
-        raise UserError(str(e), source) from None
-    state, body_only = None, False
-    if weights is not None:
-        state, body_only = _read_weights(weights, values, {"space": space, "width_mult": float(width_mult)})
-        stored_kind, stored_channels = _fpn_shape(state)
-        kind, fpn_channels = kind or stored_kind, fpn_channels or stored_channels
-    kind = kind or "fpn"
-    if kind not in ("fpn", "retinanet"):
-        raise UserError(f"kind must be 'fpn' or 'retinanet', got {kind!r}", source)
-    module = BackboneWithFPN(ShuffleNetBackbone(search_space, values), kind, int(fpn_channels or DEFAULT_FPN_CHANNELS))
-    if state is not None:
-        _load_state(module, state, weights, body_only)
-    return module

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from detnas.atomic import write_text_atomic
+from detnas.runs import FITNESS_CHECK_FILE as CHECK_FILE
 
-CHECK_FILE = "fitness_check.json"
 MIN_DISTINCT = 0.8  # fraction of distinct mAP values below which the fitness does not rank
 NEAR_ZERO_MAP = 0.01  # mAP (fraction) below which a supernet path is taken as "detects nothing"
 

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from detnas.space import CHOICE_KERNELS, NUM_CHOICES, Arch, ArchError, BlockSpec, SearchSpace, validate_arch
+from detnas.space import (
+    CHOICE_KERNELS, NUM_CHOICES, Arch, ArchError, BlockSpec, SearchSpace, to_arch, validate_arch,
+)
 
 
 def _out_size(size: int, stride: int) -> int:
@@ -154,7 +156,7 @@ def sample_arch(
     """
     n = space.num_blocks
     if min_flops is None and max_flops is None:
-        return tuple(int(c) for c in rng.integers(0, NUM_CHOICES, n))
+        return to_arch(rng.integers(0, NUM_CHOICES, n))
     table = cost_table(space, input_size)
     lo_space, hi_space = table.body_range
     lo = -np.inf if min_flops is None else min_flops
@@ -167,19 +169,34 @@ def sample_arch(
         )
     batch = 8192
     for _ in range(max(1, max_draws // batch)):
-        archs = rng.integers(0, NUM_CHOICES, (batch, n))
-        flops = table.body_macs_batch(archs)
-        ok = np.flatnonzero((flops >= lo) & (flops <= hi))
-        if ok.size:
-            return tuple(int(c) for c in archs[ok[0]])
+        found = first_within(table, rng.integers(0, NUM_CHOICES, (batch, n)), lo, hi)
+        if found is not None:
+            return found
     raise ArchError(
         f"body FLOPs range [{_fmt(lo)}, {_fmt(hi)}] is too narrow: no architecture found in "
         f"{max_draws} uniform draws (the space spans [{_fmt(lo_space)}, {_fmt(hi_space)}])"
     )
 
 
+def first_within(table: CostTable, archs: np.ndarray, lo: float, hi: float,
+                 max_params: float | None = None) -> Arch | None:
+    """The first row of ``archs`` (n, num_blocks) with body MACs in [lo, hi] and, if given, body params
+    <= ``max_params``: one vectorised step of rejection sampling."""
+    flops = table.body_macs_batch(archs)
+    ok = (flops >= lo) & (flops <= hi)
+    if max_params is not None:
+        ok &= table.stem_params + table.params[np.arange(archs.shape[1]), archs].sum(1) <= max_params
+    hits = np.flatnonzero(ok)
+    return to_arch(archs[hits[0]]) if hits.size else None
+
+
+def fmt_millions(v: float) -> str:
+    """``288.08M``: how FLOPs and params are shown to the user."""
+    return f"{v / 1e6:.2f}M"
+
+
 def _fmt(v: float) -> str:
-    return "-inf" if v == -np.inf else "inf" if v == np.inf else f"{v / 1e6:.2f}M"
+    return "-inf" if v == -np.inf else "inf" if v == np.inf else fmt_millions(v)
 
 
 def count_params(module: nn.Module) -> int:

@@ -1,91 +1,14 @@
-"""Using a retrained detector: load it from its checkpoint, evaluate it on a COCO or VOC set.
-
-A retrained checkpoint (``detnas retrain``) holds the architecture, the search space, the class names,
-the detector config and the weights of one standalone detector, so nothing else is needed to rebuild
-it. Every problem with the file is a one-line ``UserError`` that names it.
-"""
+"""Evaluating a retrained detector (loaded by ``weights.load_trained_detector``) on a COCO or VOC set."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 
-from detnas.checkpoint import load_checkpoint
 from detnas.errors import UserError
-
-RETRAIN_STAGE = "retrain"
-
-
-def read_retrained(path: str | Path, purpose: str = "use") -> dict:
-    """The checkpoint at ``path`` after checking it holds a retrained detector.
-
-    A supernet checkpoint (``finetune``/``pretrain``) gets a one-line error that says to run
-    ``detnas retrain`` first; ``purpose`` ("export", "evaluate") goes into that message.
-    """
-    data = load_checkpoint(path)
-    stage = data.get("stage")
-    if stage == "finetune":
-        raise UserError(
-            f"this is a supernet detector checkpoint (stage 'finetune'), not a standalone detector to {purpose}: "
-            f"retrain the searched architecture with `detnas retrain` and {purpose} its checkpoint",
-            path,
-        )
-    if stage != RETRAIN_STAGE:
-        raise UserError(f"checkpoint is from stage '{stage}', expected a retrained detector (stage 'retrain')", path)
-    for key, kind in (("space", dict), ("arch", str), ("classes", list), ("config", dict), ("model", dict)):
-        if not isinstance(data.get(key), kind):
-            raise UserError(f"retrained checkpoint lacks a valid '{key}' entry", path)
-    if not isinstance(data["config"].get("detector"), dict):
-        raise UserError("retrained checkpoint lacks the detector config ('config' -> 'detector')", path)
-    return data
-
-
-def load_trained_detector(path: str | Path, purpose: str = "use") -> tuple[nn.Module, dict]:
-    """The retrained detector in ``path`` (in eval mode, on the CPU) and a description of it.
-
-    ``info`` holds ``arch`` (digit string), ``space``, ``width_mult``, ``classes`` (names of labels
-    1..K), ``detector`` (the ``DetectorConfig`` as a dict), ``kind`` and ``step``.
-    """
-    from detnas.detector import DetectorConfig, build_detector
-    from detnas.space import ArchError, arch_to_str, get_space, parse_arch
-    from detnas.supernet import ShuffleNetBackbone
-
-    data = read_retrained(path, purpose)
-    space_meta = data["space"]
-    try:
-        space = get_space(str(space_meta.get("space")), float(space_meta.get("width_mult", 1.0)))
-        arch = parse_arch(data["arch"], space)
-    except (ArchError, TypeError, ValueError) as e:
-        raise UserError(f"bad architecture or search space in the checkpoint: {e}", path) from None
-    try:
-        cfg = DetectorConfig(**data["config"]["detector"])
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(map(str, first["loc"]))
-        raise UserError(f"bad detector config in the checkpoint: {where}: {first['msg']}", path) from None
-    classes = [str(c) for c in data["classes"]]
-    if not classes:
-        raise UserError("retrained checkpoint has no classes", path)
-    detector = build_detector(ShuffleNetBackbone(space, arch), len(classes), cfg)
-    try:
-        detector.load_state_dict(data["model"])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        summary = " ".join(line.strip() for line in first[:2])
-        raise UserError(f"the weights do not fit the detector the checkpoint describes: {summary}", path) from None
-    info = {
-        "arch": arch_to_str(arch),
-        "space": space.name,
-        "width_mult": float(space_meta.get("width_mult", 1.0)),
-        "classes": classes,
-        "kind": cfg.kind,
-        "detector": cfg.model_dump(mode="json"),
-        "step": data.get("step"),
-    }
-    return detector.eval(), info
+from detnas.weights import load_trained_detector
 
 
 def _gt_in_checkpoint_labels(dataset, classes: list[str], data_path) -> dict:
@@ -115,7 +38,7 @@ def evaluate_checkpoint(
     path: str | Path, source, batch_size: int = 8, device: str | torch.device | None = None
 ) -> dict[str, float]:
     """COCO box metrics (AP, AP50, AP75, APs, APm, APl as fractions; -1 where COCO has nothing to
-    score) of the retrained detector in ``path`` on ``source`` (a ``train_config.DetectionSource``),
+    score) of the retrained detector in ``path`` on ``source`` (a ``configs.DetectionSource``),
     with the evaluation transform of the checkpoint's detector config (no flip).
 
     ``device`` defaults to CUDA when available, else the CPU.

@@ -11,113 +11,15 @@ import json
 import time
 from pathlib import Path
 
-from pydantic import Field, model_validator
-
 from detnas.atomic import write_json_atomic
-from detnas.checkpoint import load_checkpoint
-from detnas.config import StrictModel
-from detnas.detector import DetectorConfig
+from detnas.configs import PipelineConfig
 from detnas.distributed import broadcast_object, is_main
 from detnas.report import write_report
-from detnas.retrain import is_finished, run_retrain
-from detnas.search import BEST_FILE, SearchConfig
-from detnas.search import STATE_FILE as SEARCH_STATE_FILE
-from detnas.search_stage import FitnessConfig, SearchStageConfig, run_search_stage
-from detnas.space import get_space
+from detnas.retrain import run_retrain
+from detnas.runs import BEST_FILE, CHECKPOINT, PIPELINE_FILE, REPORT_FILE, is_finished, resume_point
+from detnas.search_stage import run_search_stage
+from detnas.space import get_space, resolve_arch
 from detnas.stages import finetune_job, pretrain_job, run_stage
-from detnas.train import CHECKPOINT
-from detnas.train_config import (
-    ClassificationData,
-    DetectionData,
-    EvalConfig,
-    FinetuneConfig,
-    LoggingConfig,
-    PretrainConfig,
-    RetrainConfig,
-    SamplingConfig,
-    ScheduleConfig,
-    SpaceConfig,
-)
-
-STATE_FILE = "pipeline.json"
-
-
-class PretrainRecipe(StrictModel):
-    train: ScheduleConfig
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    grow_iters: int = Field(0, ge=0)  # see ClassificationRecipe
-
-
-class RetrainRecipe(StrictModel):
-    pretrain: ScheduleConfig | None = None  # classification pretraining of each retrained network
-    train: ScheduleConfig  # its detector training
-
-
-class PipelineConfig(SpaceConfig):
-    seed: int = 0
-    classification: ClassificationData | None = None  # none: supernet without pretraining (DetNAS-scratch)
-    detection: DetectionData
-    detector: DetectorConfig = DetectorConfig()
-    pretrain: PretrainRecipe | None = None
-    finetune: ScheduleConfig
-    sampling: SamplingConfig = SamplingConfig()
-    search: SearchConfig = SearchConfig()
-    fitness: FitnessConfig = FitnessConfig()
-    random_search: bool = True  # the same budget drawn uniformly, for comparison
-    retrain: RetrainRecipe
-    baseline: bool = True  # retrain ShuffleNetV2 (all choices 0) of the same space too
-    eval: EvalConfig = EvalConfig()
-    logging: LoggingConfig = LoggingConfig()
-
-    @model_validator(mode="after")
-    def _search_needs_a_split(self):
-        if self.detection.holdout.size < 1:
-            raise ValueError("detection.holdout.size must be at least 1: the search is scored on images held "
-                             "out of training (the paper: 5000 of COCO trainval35k)")
-        return self
-
-    def common(self) -> dict:
-        return {"space": self.space, "width_mult": self.width_mult, "seed": self.seed, "logging": self.logging}
-
-    def pretrain_config(self) -> PretrainConfig | None:
-        if self.pretrain is None or self.classification is None:
-            return None
-        return PretrainConfig(**self.common(), data=self.classification, sampling=self.sampling, eval=self.eval,
-                              **dict(self.pretrain))
-
-    def finetune_config(self, init: Path | None) -> FinetuneConfig:
-        return FinetuneConfig(**self.common(), init=init, data=self.detection, detector=self.detector,
-                              train=self.finetune, sampling=self.sampling, eval=self.eval)
-
-    def search_config(self, finetune_dir: Path, strategy: str) -> SearchStageConfig:
-        return SearchStageConfig(
-            supernet=finetune_dir, search=self.search.model_copy(update={"strategy": strategy}),
-            fitness=self.fitness, progress=self.logging.progress,
-        )
-
-    def retrain_config(self) -> RetrainConfig:
-        pretrain = None
-        if self.retrain.pretrain is not None and self.classification is not None:
-            # a standalone network has no choices to grow
-            recipe = self.pretrain.model_dump(exclude={"grow_iters"}) if self.pretrain is not None else {}
-            pretrain = {**recipe, "data": self.classification, "train": self.retrain.pretrain}
-        data = self.detection.model_copy(update={"holdout": self.detection.holdout.model_copy(update={"size": 0})})
-        return RetrainConfig(**self.common(), data=data, detector=self.detector, train=self.retrain.train,
-                             eval=self.eval, pretrain=pretrain)
-
-
-def resume_point(run_dir: Path) -> str | None:
-    """Where an interrupted stage in ``run_dir`` will continue: its newest checkpoint's step, or the
-    search's last finished generation; None when it has not started."""
-    state = run_dir / SEARCH_STATE_FILE
-    if state.exists():
-        generation = json.loads(state.read_text()).get("generation")
-        return f"after generation {generation} ({state})"
-    checkpoints = sorted(run_dir.rglob(CHECKPOINT), key=lambda p: p.stat().st_mtime)
-    if checkpoints:
-        return f"at step {load_checkpoint(checkpoints[-1])['step']} ({checkpoints[-1]})"
-    return None
 
 
 def _last_write(folder: Path, since: float) -> float:
@@ -132,7 +34,7 @@ class _Stages:
 
     def __init__(self, out: Path):
         self.out = out
-        self.path = out / STATE_FILE
+        self.path = out / PIPELINE_FILE
         self.state = json.loads(self.path.read_text()) if self.path.exists() else {"seconds": {}}
         running = self.state.pop("running", None)  # a stage that was interrupted
         if running is not None:
@@ -186,19 +88,20 @@ def run_pipeline(cfg: PipelineConfig, out: Path) -> Path:
     for strategy in strategies:
         s_dir = out / ("search" if strategy == "evolution" else "random_search")
         s_cfg = cfg.search_config(ft_dir, strategy)
-        stages.run(f"search ({strategy})", (s_dir / BEST_FILE).exists(), s_dir,
+        stages.run(f"search ({strategy})", is_finished(s_dir), s_dir,
                    lambda: run_search_stage(s_cfg, s_dir, resume=True))
 
     rt_cfg = cfg.retrain_config()
-    candidates = {"searched": str(out / "search" / BEST_FILE)}
+    # the searches' best architectures, read when their retraining starts (rank 0 wrote them by then)
+    candidates = {"searched": lambda: resolve_arch(str(out / "search" / BEST_FILE), space)[0]}
     if cfg.random_search:
-        candidates["random"] = str(out / "random_search" / BEST_FILE)
+        candidates["random"] = lambda: resolve_arch(str(out / "random_search" / BEST_FILE), space)[0]
     if cfg.baseline:
-        candidates["baseline"] = "0" * space.num_blocks
+        candidates["baseline"] = lambda: (0,) * space.num_blocks
     for name, arch in candidates.items():
         r_dir = out / "retrain" / name
-        stages.run(f"retrain ({name})", (r_dir / "result.json").exists(), r_dir,
-                   lambda: run_retrain(arch, rt_cfg, r_dir, resume=True, pretrain=rt_cfg.pretrain is not None))
+        stages.run(f"retrain ({name})", is_finished(r_dir), r_dir,
+                   lambda: run_retrain(arch(), rt_cfg, r_dir, resume=True, pretrain=rt_cfg.pretrain is not None))
     if is_main():
         return write_report(out, stages.state["seconds"], cfg)
-    return out / "report.md"
+    return out / REPORT_FILE

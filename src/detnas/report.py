@@ -7,7 +7,7 @@ from pathlib import Path
 
 from detnas.atomic import write_text_atomic
 from detnas.fitness_check import NEAR_ZERO_MAP, read_warnings
-from detnas.search import BEST_FILE, HISTORY_FILE
+from detnas.runs import BEST_FILE, HISTORY_FILE, METRICS_FILE, REPORT_FILE, RESULT_FILE
 
 NAMES = {"searched": "DetNAS (evolution)", "random": "random search best", "baseline": "ShuffleNetV2 baseline"}
 
@@ -36,8 +36,8 @@ def _supernet(out: Path) -> tuple[list[str], list[str]]:
     """The supernet's own numbers (pretraining top-1, finetuning AP per evaluated path) as report lines,
     and the warnings they call for: a supernet that did not learn makes every later number meaningless."""
     lines, warnings = [], []
-    pre = _read(out / "pretrain" / "metrics.json")
-    ft = _read(out / "finetune" / "metrics.json")
+    pre = _read(out / "pretrain" / METRICS_FILE)
+    ft = _read(out / "finetune" / METRICS_FILE)
     if pre is None and ft is None:
         return lines, warnings
     lines += ["## Supernet", "", "Each evaluated path of the supernet, after BN recalibration (in %).", "",
@@ -79,7 +79,7 @@ def write_report(out: Path, seconds: dict[str, float], cfg) -> Path:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, label in NAMES.items():
-        result = _read(out / "retrain" / name / "result.json")
+        result = _read(out / "retrain" / name / RESULT_FILE)
         if result is None:
             continue
         test = result["test"]
@@ -105,6 +105,6 @@ def write_report(out: Path, seconds: dict[str, float], cfg) -> Path:
     lines += ["## Time per stage", "", "| stage | minutes |", "|---|---:|"]
     lines += [f"| {stage} | {s / 60:.1f} |" for stage, s in seconds.items()]
     lines += [f"| total | {sum(seconds.values()) / 60:.1f} |", ""]
-    path = out / "report.md"
+    path = out / REPORT_FILE
     write_text_atomic(path, "\n".join(lines))
     return path

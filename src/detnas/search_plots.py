@@ -1,4 +1,5 @@
-"""Plots of a search: progress per generation and mAP vs FLOPs with the Pareto front (PNG, Agg).
+"""What a search shows: plots of its progress per generation and of mAP vs FLOPs with the Pareto
+front (PNG), a progress bar per generation and the top-k table on the console.
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects (the Agg canvas), so the global pyplot
 backend of the caller is never changed.
@@ -6,11 +7,11 @@ backend of the caller is never changed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
-PROGRESS_PNG = "search_progress.png"
-PARETO_PNG = "search_pareto.png"
+from detnas.runs import PARETO_PNG, PROGRESS_PNG
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -98,3 +99,54 @@ def plot_search(history: Sequence[dict], out_dir: str | Path, topk: int = 10) ->
     pareto_path = out_dir / PARETO_PNG
     fig.savefig(pareto_path)
     return [progress_path, pareto_path]
+
+
+class ProgressBars:
+    """Rich progress, one bar per generation (created only when ``enabled``: rank 0 with progress on)."""
+
+    def __init__(self, enabled: bool, total_generations: int):
+        self.progress = None
+        self.total = total_generations
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("best mAP {task.fields[best]}%"), TimeElapsedColumn(),
+            )
+            self.progress.start()
+
+    def generation(self, g: int, n: int, best: float) -> ProgressBars | None:
+        """The bar of generation ``g`` with ``n`` candidates (None when disabled)."""
+        if self.progress is None:
+            return None
+        self.task = self.progress.add_task(f"generation {g + 1}/{self.total}", total=n, best=_fmt_map(best))
+        self.best = best
+        return self
+
+    def advance(self, n: int, best: float | None = None) -> None:
+        if best is not None:
+            self.best = max(self.best, best)
+        self.progress.update(self.task, advance=n, best=_fmt_map(self.best))
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _fmt_map(v: float) -> str:
+    """mAP for people: in %, as detection tables print it (files keep fractions)."""
+    return "-" if not math.isfinite(v) else f"{100 * v:.2f}"
+
+
+def print_topk(topk: list[dict], title: str = "top architectures") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("rank", "arch", "mAP (%)", "FLOPs(M)", "params(M)", "gen"):
+        table.add_column(col, justify="left" if col == "arch" else "right")
+    for i, r in enumerate(topk, 1):
+        table.add_row(str(i), r["arch"], _fmt_map(r["map"]), f"{r['flops'] / 1e6:.2f}", f"{r['params'] / 1e6:.3f}",
+                      str(r["generation"]))
+    Console().print(table)

@@ -10,8 +10,6 @@ import numpy as np
 
 from detnas.errors import UserError
 
-SPLIT_FILE = "search_split.json"
-
 
 def carve_holdout(n_images: int, size: int, seed: int, source=None) -> tuple[list[int], list[int]]:
     """(training indices, held-out indices): ``size`` images drawn without replacement from ``seed``."""

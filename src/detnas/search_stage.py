@@ -12,12 +12,9 @@ import copy
 import hashlib
 import sys
 from pathlib import Path
-from typing import Literal
-
-from pydantic import Field
 
 from detnas.checkpoint import load_checkpoint
-from detnas.config import StrictModel
+from detnas.configs import FinetuneConfig, FitnessConfig, SearchStageConfig
 from detnas.data.coco import load_coco
 from detnas.data.detection import collate
 from detnas.data.sources import image_dir_of, load_detection
@@ -27,25 +24,10 @@ from detnas.distributed import init_distributed
 from detnas.errors import UserError
 from detnas.evaluate import decoded_batches, evaluate_detection_path
 from detnas.fitness_check import check_fitness, checked_count, write_check
-from detnas.search import SearchConfig, SearchResult, run_search
-from detnas.search_split import SPLIT_FILE
+from detnas.runs import CHECKPOINT, FINETUNE, SPLIT_FILE
+from detnas.search import SearchResult, run_search
 from detnas.space import get_space, parse_arch
 from detnas.supernet import ShuffleNetBackbone
-from detnas.train import CHECKPOINT
-from detnas.train_config import FinetuneConfig
-
-
-class FitnessConfig(StrictModel):
-    recalib_images: int = Field(256, ge=1)  # authors: 500 iterations x 8 images
-    recalib_mode: Literal["cumulative", "ema"] = "cumulative"
-    batch_size: int = Field(16, ge=1)
-
-
-class SearchStageConfig(StrictModel):
-    supernet: Path  # the finetuning run folder (checkpoint.pt and search_split.json)
-    search: SearchConfig = SearchConfig()
-    fitness: FitnessConfig = FitnessConfig()
-    progress: bool = True
 
 
 class SupernetEvaluator:
@@ -53,7 +35,7 @@ class SupernetEvaluator:
 
     def __init__(self, finetune_dir: Path, fitness: FitnessConfig):
         finetune_dir = self.finetune_dir = Path(finetune_dir)
-        state = load_checkpoint(finetune_dir / CHECKPOINT, "finetune")
+        state = load_checkpoint(finetune_dir / CHECKPOINT, FINETUNE)
         if state["step"] < state["config"]["train"]["iters"]:
             raise UserError("the supernet's finetuning has not finished (resume it first)", finetune_dir / CHECKPOINT)
         self.cfg = FinetuneConfig.model_validate(state["config"])

@@ -138,6 +138,12 @@ def arch_to_str(arch: Arch) -> str:
     return "".join(str(c) for c in arch)
 
 
+def to_arch(values) -> Arch:
+    """A tuple of ints from a digit string or any sequence of integers (numpy rows included); not
+    validated: for values that come from a space already (a state file, a sampler)."""
+    return tuple(int(c) for c in values)
+
+
 def validate_arch(arch: Arch | list[int], space: SearchSpace) -> Arch:
     arch = tuple(arch)
     if len(arch) != space.num_blocks:
@@ -165,7 +171,7 @@ def parse_arch(text: str | list[int] | tuple[int, ...], space: SearchSpace | Non
                 raise ArchError(
                     f"preset '{s}' belongs to the {preset.space} space, not the {space.name} space"
                 )
-            values = [int(c) for c in preset.arch]
+            values = list(to_arch(preset.arch))
         elif s.startswith("["):
             try:
                 values = json.loads(s)
@@ -177,7 +183,7 @@ def parse_arch(text: str | list[int] | tuple[int, ...], space: SearchSpace | Non
             bad = sorted({c for c in s if c not in "0123"})
             if bad:
                 raise ArchError(f"architecture '{s}' has digit(s) {', '.join(bad)}; choices are 0-3")
-            values = [int(c) for c in s]
+            values = list(to_arch(s))
         else:
             raise ArchError(
                 f"'{s}' is not an architecture: give a digit string, a JSON list or a preset "
@@ -190,3 +196,50 @@ def parse_arch(text: str | list[int] | tuple[int, ...], space: SearchSpace | Non
             raise ArchError(f"architecture has {len(values)} blocks; spaces have {sizes}")
         space = matching[0]
     return validate_arch(values, space)
+
+
+def resolve_arch(
+    text: str | list[int] | tuple[int, ...], space: str | SearchSpace | None = None, width_mult: float | None = None
+) -> tuple[Arch, SearchSpace]:
+    """The one place that decides which architecture of which space ``text`` is: (arch, space).
+
+    ``text``: a digit string, a JSON list, a preset name, or the path of a search's ``best.json``.
+    ``space``: a ``SearchSpace`` the architecture must belong to, or a space name; unset, it is the
+    preset's or the file's, or the space with that many blocks. ``width_mult`` likewise (default 1.0).
+    """
+    from pathlib import Path
+
+    given = space if isinstance(space, SearchSpace) else None
+    name = space.name if given is not None else space
+    mult = given.width_mult if given is not None else width_mult
+    if isinstance(text, str) and (text.endswith(".json") or Path(text).is_file()):
+        return _arch_from_file(Path(text), name, mult)
+    preset = PRESETS.get(text.strip()) if isinstance(text, str) else None
+    if name is None and preset is not None:
+        name = preset.space
+    elif name is None:  # parse_arch without a space accepts only the lengths of known spaces
+        name = next(n for n, sp in SPACES.items() if sp.num_blocks == len(parse_arch(text)))
+    if mult is None:
+        mult = preset.width_mult if preset else 1.0
+    found = given or get_space(name, mult)
+    return parse_arch(text, found), found
+
+
+def _arch_from_file(path, name: str | None, mult: float | None) -> tuple[Arch, SearchSpace]:
+    """The architecture of a search's ``best.json``, which must belong to the space asked for (if any)."""
+    from detnas.errors import UserError, read_json
+
+    data = read_json(path, "architecture file")
+    if not isinstance(data, dict) or not isinstance(data.get("arch"), str):
+        raise UserError("expected a JSON object with an 'arch' digit string (a search's best.json)", path)
+    stored, stored_mult = data.get("space", name), data.get("width_mult", 1.0)
+    if name is not None and (stored != name or (mult is not None and stored_mult != mult)):
+        raise UserError(
+            f"architecture is for space {data.get('space')} x{stored_mult}, "
+            f"the config uses {get_space(name, mult or 1.0).describe()}", path,
+        )
+    try:
+        found = get_space(stored or "small", stored_mult)
+        return parse_arch(data["arch"], found), found
+    except ValueError as e:  # ArchError included
+        raise UserError(str(e), path) from None

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from detnas.checkpoint import load_checkpoint
+from detnas.configs import EvalConfig, FinetuneConfig, PretrainConfig
 from detnas.data.classification import ImageFolderDataset, classification_transform
 from detnas.data.detection import collate
 from detnas.data.sources import load_detection, load_training_set
@@ -19,12 +20,12 @@ from detnas.errors import UserError
 from detnas.evaluate import (
     classification_top1, decoded_batches, detection_metrics, evaluate_classification_path, evaluate_detection_path,
 )
-from detnas.search_split import SPLIT_FILE, carve_holdout
+from detnas.runs import FINETUNE, PRETRAIN, RETRAIN, RETRAIN_PRETRAIN, SPLIT_FILE
+from detnas.search_split import carve_holdout
 from detnas.space import Arch, SearchSpace, arch_to_str, get_space, parse_arch
 from detnas.supernet import ShuffleNetBackbone
 from detnas.supernet_growth import grow_choices
 from detnas.train import Job, path_for_step, run_training
-from detnas.train_config import EvalConfig, FinetuneConfig, PretrainConfig
 
 
 def space_meta(cfg) -> dict:
@@ -69,7 +70,7 @@ def pretrain_job(cfg: PretrainConfig, arch: Arch | None = None) -> Job:
             return {"top1": {arch_to_str(arch): classification_top1(model, val)}}
         recalib = decoded_batches(train_set, cfg.eval.recalib_images, cfg.eval.batch_size, seed=cfg.seed)
         top1 = {
-            arch_to_str(a): evaluate_classification_path(model, a, recalib, val)
+            arch_to_str(a): evaluate_classification_path(model, a, recalib, val, cfg.eval.recalib_mode)
             for a in eval_archs(space, cfg.eval, cfg.seed, cfg.sampling)
         }
         return {"top1": top1, "chance": 1 / len(train_set.classes)}
@@ -78,7 +79,7 @@ def pretrain_job(cfg: PretrainConfig, arch: Arch | None = None) -> Job:
     if arch is None and cfg.grow_iters:
         grow = (cfg.grow_iters, lambda model, batch: grow_choices(model, batch[0].to(next(model.parameters()).device)))
     return Job(
-        "pretrain" if arch is None else "retrain-pretrain", model, train_set, None, loss,
+        PRETRAIN if arch is None else RETRAIN_PRETRAIN, model, train_set, None, loss,
         arch_schedule(space, cfg, arch), final_eval,
         {"space": space_meta(cfg), "arch": arch and arch_to_str(arch), "classes": train_set.classes,
          "config": cfg.model_dump(mode="json")},
@@ -127,7 +128,7 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None) -
         body = ShuffleNetBackbone(space, arch)
         model = build_detector(body, num_classes, det)
     if cfg.init is not None:
-        load_backbone_weights(body, cfg.init, space_meta(cfg), "pretrain" if arch is None else "retrain-pretrain")
+        load_backbone_weights(body, cfg.init, space_meta(cfg), PRETRAIN if arch is None else RETRAIN_PRETRAIN)
 
     def loss(model, batch, arch, device):
         images, targets = batch
@@ -147,13 +148,13 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None) -
             return {"split": "test", "metrics": detection_metrics(model, eval_set, cfg.eval.batch_size, gt=gt)}
         results = {
             arch_to_str(a): evaluate_detection_path(model, a, num_classes, det, recalib, eval_set, gt,
-                                                    batch_size=cfg.eval.batch_size)
+                                                    cfg.eval.recalib_mode, cfg.eval.batch_size)
             for a in eval_archs(space, cfg.eval, cfg.seed, cfg.sampling)
         }
         return {"split": "search" if holdout is not None else "test", "map": results}
 
     return Job(
-        "finetune" if arch is None else "retrain", model, train_set, collate, loss,
+        FINETUNE if arch is None else RETRAIN, model, train_set, collate, loss,
         arch_schedule(space, cfg, arch), final_eval,
         {"space": space_meta(cfg), "arch": arch and arch_to_str(arch), "classes": full.categories,
          "config": cfg.model_dump(mode="json")},

@@ -22,18 +22,16 @@ from torch import nn
 
 from detnas.atomic import write_text_atomic
 from detnas.checkpoint import load_checkpoint, save_checkpoint
+from detnas.configs import SamplingConfig, ScheduleConfig
 from detnas.distributed import (
-    all_gather_object, allreduce_gradients, broadcast_object, convert_sync_batchnorm, init_distributed,
-    is_distributed, is_main,
+    all_gather_object, allreduce_gradients, broadcast_object, broadcast_state, convert_sync_batchnorm,
+    init_distributed, is_main, mean_over_workers,
 )
 from detnas.errors import UserError
 from detnas.flops import sample_arch
+from detnas.runs import CHECKPOINT, METRICS_FILE, TRAINING_RESUMABLE, config_changes, raise_exists
 from detnas.space import Arch, SearchSpace, arch_to_str
-from detnas.train_config import SamplingConfig, ScheduleConfig
 from detnas.train_log import TrainLog
-
-CHECKPOINT = "checkpoint.pt"
-
 
 class TrainingDiverged(UserError, FloatingPointError):
     """The loss became NaN or infinite: a one-line error (a config problem, not a crash)."""
@@ -99,53 +97,6 @@ class Job:
     grow: tuple[int, Callable[[nn.Module, object], None]] | None = None
 
 
-# config sections that may change between an interrupted run and its resumption: they do not change
-# the trained weights
-RESUMABLE_CHANGES = ("logging", "eval", "data.workers")
-
-
-def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config dicts (ignoring ``RESUMABLE_CHANGES``)."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        name = f"{prefix}{key}"
-        if name in RESUMABLE_CHANGES or old.get(key) == new.get(key):
-            continue
-        if isinstance(old.get(key), dict) and isinstance(new.get(key), dict):
-            out += config_changes(old[key], new[key], name + ".")
-        else:
-            out.append(name)
-    return out
-
-
-def broadcast_state(model: nn.Module) -> None:
-    """Give every worker rank 0's parameters and buffers (one broadcast per dtype), so that workers
-    start equal even if their models were built differently; DDP does the same at construction."""
-    if not is_distributed():
-        return
-    import torch.distributed as tdist
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for t in model.state_dict(keep_vars=True).values():
-        by_dtype.setdefault(t.dtype, []).append(t.data)
-    for tensors in by_dtype.values():
-        flat = _flatten_dense_tensors(tensors)
-        tdist.broadcast(flat, src=0)
-        for t, synced in zip(tensors, _unflatten_dense_tensors(flat, tensors)):
-            t.copy_(synced)
-
-
-def mean_over_workers(value: float) -> float:
-    if not is_distributed():
-        return value
-    import torch.distributed as tdist
-
-    t = torch.tensor([value], dtype=torch.float64)
-    tdist.all_reduce(t)
-    return t.item() / tdist.get_world_size()
-
-
 def train_step(model: nn.Module, job: Job, batch, arch: Arch, device: torch.device, params: list[nn.Parameter],
                optimizer: torch.optim.Optimizer, grad_clip: float | None) -> tuple[float, int]:
     """One path-wise step: forward and backward on ``arch`` only, averaged gradients, SGD update of
@@ -209,7 +160,7 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
     step = 0
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, job.stage, job.meta.get("space"))
-        changed = config_changes(state.get("config", {}), job.meta.get("config", {}))
+        changed = config_changes(state.get("config", {}), job.meta.get("config", {}), TRAINING_RESUMABLE)
         if changed:
             raise UserError(f"this run was started with another config (differs in {', '.join(changed)}): "
                             "resume with the same config, or choose another --out", ckpt_path)
@@ -271,10 +222,5 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
     metrics = job.final_eval(model)
     if is_main():
         log.final(metrics)
-        write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        write_text_atomic(out_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     return {"step": step, "finished": True, **metrics}
-
-
-def raise_exists(path: Path) -> None:
-    raise UserError("a finished or interrupted run is already here: pass --resume, or choose another --out",
-                    path)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from detnas.runs import LOG_FILE
+
 
 class TrainLog:
     """Only the main worker (``enabled``) writes; the others get a silent object with the same methods."""
@@ -48,7 +50,7 @@ class TrainLog:
     def _log_until(self, step: int) -> Path:
         """``log.jsonl`` with only the records of steps up to ``step`` (where this run starts): an
         interrupted run may have logged steps after its last checkpoint, which will be logged again."""
-        path = self.out_dir / "log.jsonl"
+        path = self.out_dir / LOG_FILE
         if path.exists():
             kept = []
             for line in path.read_text().splitlines(keepends=True):
@@ -79,6 +81,6 @@ class TrainLog:
     def final(self, metrics: dict) -> None:
         if not self.enabled:
             return
-        with open(self.out_dir / "log.jsonl", "a") as f:
+        with open(self.out_dir / LOG_FILE, "a") as f:
             f.write(json.dumps({"final": metrics, "time": time.time()}) + "\n")
         self._bar.console.print(f"[bold]{self.stage}[/] done: " + json.dumps(metrics))

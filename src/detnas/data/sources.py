@@ -1,4 +1,4 @@
-"""Reading a configured detection source (``train_config.DetectionSource``) with its format's reader."""
+"""Reading a configured detection source (``configs.DetectionSource``) with its format's reader."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from detnas.errors import UserError
 
 
 def image_dir_of(source) -> Path:
-    """Where the images of a ``train_config.DetectionSource`` live (COCO file names are relative to it)."""
+    """Where the images of a ``configs.DetectionSource`` live (COCO file names are relative to it)."""
     return Path(source.images) if source.format == "coco" else Path(source.root) / "JPEGImages"
 
 
 def load_detection(source, transform=None, seed: int = 0) -> DetectionDataset:
-    """Read a ``train_config.DetectionSource`` with the reader of its format."""
+    """Read a ``configs.DetectionSource`` with the reader of its format."""
     if source.format == "coco":
         data = load_coco(source.annotations, source.images)
     else:

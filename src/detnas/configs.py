@@ -1,6 +1,8 @@
-"""Configs of the two supernet training stages (and of retraining), validated at the door.
+"""Every stage's config schema, validated at the door: pretraining, finetuning, search, retraining and
+the whole pipeline (which derives the configs of its stages from its own).
 
-Defaults follow the authors' recipes (SPEC section 5) scaled down for small data on a CPU.
+Defaults follow the authors' recipes (SPEC sections 4 and 5) scaled down for small data on a CPU.
+``detector.DetectorConfig`` (the detector's shape) stays beside the model it builds.
 """
 
 from __future__ import annotations
@@ -114,16 +116,29 @@ class DetectionData(StrictModel):
     workers: int = Field(0, ge=0)
 
 
-class EvalConfig(StrictModel):
-    archs: list[str] = []  # fixed paths to evaluate at the end (default: all-0 and all-3 and one random)
+class RecalibConfig(StrictModel):
+    """How a path of a supernet is scored: its BN statistics recomputed on training images first."""
+
     recalib_images: int = Field(256, ge=0)  # training images used to recompute a path's BN statistics
+    recalib_mode: Literal["cumulative", "ema"] = "cumulative"
     batch_size: int = Field(16, ge=1)
 
 
-class ClassificationRecipe(StrictModel):
+class EvalConfig(RecalibConfig):
+    """The end-of-training evaluation of fixed paths."""
+
+    archs: list[str] = []  # fixed paths to evaluate at the end (default: all-0 and all-3 and one random)
+
+
+class FitnessConfig(RecalibConfig):
+    """The search's fitness of a candidate: recalibrated, then scored on the search split."""
+
+    recalib_images: int = Field(256, ge=1)  # authors: 500 iterations x 8 images
+
+
+class PretrainRecipe(StrictModel):
     """How a backbone is pretrained on classification data (supernet or standalone network)."""
 
-    data: ClassificationData
     train: ScheduleConfig
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     dropout: float = Field(0.1, ge=0, lt=1)
@@ -137,6 +152,12 @@ class ClassificationRecipe(StrictModel):
         if self.grow_iters >= self.train.iters:
             raise ValueError(f"grow_iters ({self.grow_iters}) must be smaller than train.iters ({self.train.iters})")
         return self
+
+
+class ClassificationRecipe(PretrainRecipe):
+    """A pretraining recipe with its data."""
+
+    data: ClassificationData
 
 
 class PretrainConfig(SpaceConfig, ClassificationRecipe):
@@ -184,3 +205,105 @@ class RetrainConfig(FinetuneConfig):
             space=self.space, width_mult=self.width_mult, seed=self.seed, logging=self.logging,
             eval=self.eval, **dict(self.pretrain),
         )
+
+
+class SearchConfig(StrictModel):
+    """Search hyper-parameters; defaults are the authors' (SPEC section 4)."""
+
+    strategy: Literal["evolution", "random"] = "evolution"
+    population: int = Field(50, ge=1)
+    generations: int = Field(20, ge=1)
+    topk: int = Field(10, ge=1)
+    mutations: int = Field(20, ge=0)
+    mutation_prob: float = Field(0.1, ge=0.0, le=1.0)
+    crossovers: int = Field(20, ge=0)
+    max_flops: float | None = Field(None, gt=0, allow_inf_nan=False, description="body MACs, e.g. 300e6")
+    min_flops: float | None = Field(None, ge=0, allow_inf_nan=False, description="body MACs")
+    max_params: int | None = Field(None, gt=0, description="body parameters")
+    seed: int = 0
+    max_tries: int = Field(100, ge=1, description="redraws per candidate slot")
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> SearchConfig:
+        if self.topk > self.population:
+            raise ValueError(f"topk ({self.topk}) must not exceed population ({self.population})")
+        if self.mutations + self.crossovers > self.population:
+            raise ValueError(
+                f"mutations + crossovers ({self.mutations} + {self.crossovers}) must not exceed "
+                f"population ({self.population})"
+            )
+        if self.min_flops is not None and self.max_flops is not None and self.min_flops > self.max_flops:
+            raise ValueError(
+                f"min_flops ({self.min_flops:g}) must not exceed max_flops ({self.max_flops:g})"
+            )
+        return self
+
+    @property
+    def budget(self) -> int:
+        """Number of evaluations of a full run (fewer only if the constrained space runs out)."""
+        return self.population * self.generations
+
+
+class SearchStageConfig(StrictModel):
+    supernet: Path  # the finetuning run folder (checkpoint.pt and search_split.json)
+    search: SearchConfig = SearchConfig()
+    fitness: FitnessConfig = FitnessConfig()
+    progress: bool = True
+
+
+class RetrainRecipe(StrictModel):
+    pretrain: ScheduleConfig | None = None  # classification pretraining of each retrained network
+    train: ScheduleConfig  # its detector training
+
+
+class PipelineConfig(SpaceConfig):
+    seed: int = 0
+    classification: ClassificationData | None = None  # none: supernet without pretraining (DetNAS-scratch)
+    detection: DetectionData
+    detector: DetectorConfig = DetectorConfig()
+    pretrain: PretrainRecipe | None = None
+    finetune: ScheduleConfig
+    sampling: SamplingConfig = SamplingConfig()
+    search: SearchConfig = SearchConfig()
+    fitness: FitnessConfig = FitnessConfig()
+    random_search: bool = True  # the same budget drawn uniformly, for comparison
+    retrain: RetrainRecipe
+    baseline: bool = True  # retrain ShuffleNetV2 (all choices 0) of the same space too
+    eval: EvalConfig = EvalConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _search_needs_a_split(self):
+        if self.detection.holdout.size < 1:
+            raise ValueError("detection.holdout.size must be at least 1: the search is scored on images held "
+                             "out of training (the paper: 5000 of COCO trainval35k)")
+        return self
+
+    def common(self) -> dict:
+        return {"space": self.space, "width_mult": self.width_mult, "seed": self.seed, "logging": self.logging}
+
+    def pretrain_config(self) -> PretrainConfig | None:
+        if self.pretrain is None or self.classification is None:
+            return None
+        return PretrainConfig(**self.common(), data=self.classification, sampling=self.sampling, eval=self.eval,
+                              **dict(self.pretrain))
+
+    def finetune_config(self, init: Path | None) -> FinetuneConfig:
+        return FinetuneConfig(**self.common(), init=init, data=self.detection, detector=self.detector,
+                              train=self.finetune, sampling=self.sampling, eval=self.eval)
+
+    def search_config(self, finetune_dir: Path, strategy: str) -> SearchStageConfig:
+        return SearchStageConfig(
+            supernet=finetune_dir, search=self.search.model_copy(update={"strategy": strategy}),
+            fitness=self.fitness, progress=self.logging.progress,
+        )
+
+    def retrain_config(self) -> RetrainConfig:
+        pretrain = None
+        if self.retrain.pretrain is not None and self.classification is not None:
+            # a standalone network has no choices to grow
+            recipe = self.pretrain.model_dump(exclude={"grow_iters"}) if self.pretrain is not None else {}
+            pretrain = {**recipe, "data": self.classification, "train": self.retrain.pretrain}
+        data = self.detection.model_copy(update={"holdout": self.detection.holdout.model_copy(update={"size": 0})})
+        return RetrainConfig(**self.common(), data=data, detector=self.detector, train=self.retrain.train,
+                             eval=self.eval, pretrain=pretrain)

@@ -1,0 +1,89 @@
+"""Run folders: the name of every file a stage writes, the stage names saved in checkpoints, and the one
+rule for "is this stage finished?" and "may this run resume with this config?".
+
+A stage writes its final file last (training ``metrics.json``, search ``best.json``, retraining
+``result.json``), so the presence of one of them means the stage finished with all its outputs.
+An interrupted stage resumes from its checkpoint (training) or search state (search), and only with a
+config that differs at most in the sections that do not change what is computed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from detnas.errors import UserError
+
+# training (pretrain, finetune, retrain)
+CHECKPOINT = "checkpoint.pt"
+METRICS_FILE = "metrics.json"  # written last
+LOG_FILE = "log.jsonl"
+SPLIT_FILE = "search_split.json"  # finetuning: the held-out search split (COCO annotations)
+# search
+SEARCH_STATE_FILE = "search_state.json"
+HISTORY_FILE = "history.jsonl"
+PARTIAL_FILE = "partial_generation.jsonl"
+PROGRESS_PNG = "search_progress.png"
+PARETO_PNG = "search_pareto.png"
+FITNESS_CHECK_FILE = "fitness_check.json"  # does the fitness separate the candidates?
+BEST_FILE = "best.json"  # written last
+# retraining
+RESULT_FILE = "result.json"  # written last
+# pipeline
+PIPELINE_FILE = "pipeline.json"
+REPORT_FILE = "report.md"
+
+FINISHED_MARKERS = (METRICS_FILE, BEST_FILE, RESULT_FILE)
+
+# stage names, as saved in checkpoints
+PRETRAIN = "pretrain"  # supernet on classification data
+FINETUNE = "finetune"  # supernet inside a detector
+RETRAIN_PRETRAIN = "retrain-pretrain"  # a standalone network on classification data
+RETRAIN = "retrain"  # a standalone detector
+SUPERNET_STAGES = (PRETRAIN, FINETUNE)
+CLASSIFICATION_STAGES = (PRETRAIN, RETRAIN_PRETRAIN)
+
+# config keys that may change between an interrupted run and its resumption: they do not change the
+# trained weights (training) or the fitnesses and candidates (search)
+TRAINING_RESUMABLE = ("logging", "eval", "data.workers")
+SEARCH_RESUMABLE = ("generations",)
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    """Whether the stage in ``run_dir`` finished: its final file, written last, is there."""
+    return any((Path(run_dir) / name).exists() for name in FINISHED_MARKERS)
+
+
+def config_changes(old: dict, new: dict, resumable: tuple[str, ...] = (), prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts, ignoring those in ``resumable``."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        name = f"{prefix}{key}"
+        if name in resumable or old.get(key) == new.get(key):
+            continue
+        if isinstance(old.get(key), dict) and isinstance(new.get(key), dict):
+            out += config_changes(old[key], new[key], resumable, name + ".")
+        else:
+            out.append(name)
+    return out
+
+
+def raise_exists(path: Path) -> None:
+    """A run that is not resumed must not overwrite one that is there."""
+    raise UserError("a finished or interrupted run is already here: pass --resume, or choose another --out",
+                    path)
+
+
+def resume_point(run_dir: Path) -> str | None:
+    """Where an interrupted stage in ``run_dir`` will continue: its newest checkpoint's step, or the
+    search's last finished generation; None when it has not started."""
+    from detnas.checkpoint import load_checkpoint
+
+    state = run_dir / SEARCH_STATE_FILE
+    if state.exists():
+        generation = json.loads(state.read_text()).get("generation")
+        return f"after generation {generation} ({state})"
+    checkpoints = sorted(run_dir.rglob(CHECKPOINT), key=lambda p: p.stat().st_mtime)
+    if checkpoints:
+        return f"at step {load_checkpoint(checkpoints[-1])['step']} ({checkpoints[-1]})"
+    return None
