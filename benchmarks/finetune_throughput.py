@@ -16,33 +16,16 @@ import resource
 import statistics
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
 import torch
-import yaml
 
 from detnas.data.demo import build_demo_data
+from detnas.runs import LOG_FILE
 from detnas.stages import finetune_job
 from detnas.train import run_training
-from detnas.train_config import FinetuneConfig
 
-# used where the packaged demo config is not there (it is the source of truth)
-FALLBACK = {
-    "space": "small", "seed": 0,
-    "detector": {"kind": "fpn", "fpn_channels": 64, "box_head_channels": 256, "anchor_size": 8, "min_size": 128,
-                 "max_size": 128, "box_batch_size_per_image": 64},
-    "finetune": {"batch_size": 8, "lr": 0.02, "warmup_iters": 50, "weight_decay": 1.0e-4},
-    "detection": {"flip": True},
-}
-
-
-def demo_settings() -> tuple[dict, str]:
-    try:
-        text = resources.files("detnas").joinpath("configs/demo.yaml").read_text()
-        return yaml.safe_load(text), "src/detnas/configs/demo.yaml"
-    except (FileNotFoundError, ModuleNotFoundError):
-        return FALLBACK, "built-in copy of the demo settings"
+from _common import SOURCE, demo_finetune, demo_settings
 
 
 def main() -> None:
@@ -55,32 +38,26 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    demo, source = demo_settings()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data or Path(tmp) / "demo"
         t0 = time.perf_counter()
         paths = build_demo_data(root, seed=0, cls_train=1000, cls_val=10, det_train=args.images, det_val=2,
                                 det_test=2)  # image_size and digit sizes: the demo's defaults
         build_s = time.perf_counter() - t0
-        train = {k: v for k, v in demo["finetune"].items() if k not in ("iters", "milestones", "decay")}
-        cfg = FinetuneConfig.model_validate({
-            "space": demo.get("space", "small"), "seed": demo.get("seed", 0),
-            "data": {"train": {"format": "coco", "annotations": str(paths.det_train_json),
-                               "images": str(paths.det_images)},
-                     "flip": demo.get("detection", {}).get("flip", True)},
-            "detector": demo["detector"],
-            "train": {**train, "iters": args.iters},
-            "eval": {"archs": ["0" * 20], "recalib_images": 8, "batch_size": 8},
-        })
+        demo = demo_settings(paths)
+        train = demo.finetune.model_dump(exclude={"iters", "milestones", "decay"})
+        data = demo.detection.model_dump(exclude={"holdout", "test"})  # every image trains
+        cfg = demo_finetune(demo, data=data, train={**train, "iters": args.iters},
+                            eval={"archs": ["0" * 20], "recalib_images": 8, "batch_size": 8})
         job = finetune_job(cfg, Path(tmp) / "run")
         t1 = time.perf_counter()
         run_training(job, cfg.train, cfg.seed, Path(tmp) / "run", False, workers=cfg.data.workers,
                      log_every=args.log_every, checkpoint_every=10**9, progress=False)
         total_s = time.perf_counter() - t1
-        log = [json.loads(line) for line in (Path(tmp) / "run" / "log.jsonl").read_text().splitlines()]
+        log = [json.loads(line) for line in (Path(tmp) / "run" / LOG_FILE).read_text().splitlines()]
     windows = [r["images_per_s"] for r in log if "step" in r][1:]  # the first window holds the start-up
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    print(f"settings: {source}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    print(f"settings: {SOURCE}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     print(f"demo data: {args.images} detection images at 128px built in {build_s:.1f} s")
     print()
     print("| space | detector | input | batch | steps | images/s (median of windows) | min - max | "

@@ -35,18 +35,16 @@ import numpy as np
 import torch
 from scipy.stats import kendalltau, spearmanr
 
-sys.path.insert(0, str(Path(__file__).parent))
-from search_speed import (  # noqa: E402
-    add_supernet_args, default_supernet, demo_settings, max_flops, prepare_supernet, recalibration_set,
-)
+from _common import add_supernet_args, default_supernet, demo_settings, max_flops, prepare_supernet, recalibration_set
 
-from detnas.data.detection import collate  # noqa: E402
-from detnas.cocoeval import coco_map  # noqa: E402
-from detnas.detector import extract_detector  # noqa: E402
-from detnas.evaluate import decoded_batches, detector_backbone_forward, predict, recalibrate_bn  # noqa: E402
-from detnas.flops import arch_cost, sample_arch  # noqa: E402
-from detnas.search_stage import FitnessConfig, SupernetEvaluator  # noqa: E402
-from detnas.space import arch_to_str  # noqa: E402
+from detnas.data.detection import collate
+from detnas.cocoeval import coco_map
+from detnas.detector import extract_detector
+from detnas.evaluate import decoded_batches, detector_backbone_forward, predict, recalibrate_bn
+from detnas.flops import arch_cost, sample_arch
+from detnas.configs import FitnessConfig
+from detnas.search_stage import SupernetEvaluator
+from detnas.space import arch_to_str
 
 
 def batches(images: list, size: int) -> list[list]:
@@ -81,8 +79,8 @@ def main() -> None:
     args.supernet = prepare_supernet(args.supernet or default_supernet(args.finetune_iters, args.one_class),
                                      args.finetune_iters, one_class=args.one_class)
     demo = demo_settings()
-    batch = demo["fitness"]["batch_size"]
-    n_small = args.images or demo["fitness"]["recalib_images"]
+    batch = demo.fitness.batch_size
+    n_small = args.images or demo.fitness.recalib_images
     evaluator = SupernetEvaluator(args.supernet, FitnessConfig(recalib_images=n_small, batch_size=batch))
     train_set = recalibration_set(evaluator)
     n_ref = min(args.ref_images, len(train_set))

@@ -19,10 +19,7 @@ full supernet on images decoded from disk each time, image-by-image inference, p
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import hashlib
-import io
 import json
 import os
 import statistics
@@ -30,124 +27,26 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from detnas.cocoeval import coco_map
-from detnas.data.demo import build_demo_data
 from detnas.data.detection import collate
-from detnas.data.sources import load_detection
-from detnas.data.transforms import DetectionTransform
 from detnas.detector import extract_detector, set_path
 from detnas.evaluate import decoded_batches, detector_backbone_forward, predict, recalibrate_bn
 from detnas.flops import sample_arch
-from detnas.train import CHECKPOINT
 
-def demo_settings() -> dict:
-    return yaml.safe_load(resources.files("detnas").joinpath("configs/demo.yaml").read_text())
-
-
-def default_supernet(iters: int | None = None, one_class: bool = False) -> Path:
-    """Where the supernet of the current demo settings is kept between runs (named by those settings)."""
-    demo = demo_settings()
-    keys = {k: demo.get(k) for k in ("space", "seed", "detection", "detector", "finetune")}
-    tag = hashlib.sha256(json.dumps([keys, iters, one_class], sort_keys=True).encode()).hexdigest()[:8]
-    return Path(tempfile.gettempdir()) / "detnas-bench" / f"demo-supernet{'-1class' if one_class else ''}-{tag}"
-
-
-def max_flops(demo: dict) -> float:
-    """The demo search's body-FLOPs budget (YAML 1.1 reads 290.0e6 as a string)."""
-    return float(demo["search"].get("max_flops", "inf"))
-
-
-def single_class(train_json: Path, out: Path) -> Path:
-    """The demo's training annotations with the ten digit classes merged into one, "digit"."""
-    data = json.loads(train_json.read_text())
-    data["categories"] = [{"id": 1, "name": "digit"}]
-    for a in data["annotations"]:
-        a["category_id"] = 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data))
-    return out
-
-
-def prepare_supernet(run_dir: Path, iters: int | None = None, threads: int = 1, one_class: bool = False) -> Path:
-    """A finished demo finetuning run in ``run_dir`` (reused if there): the demo's detector, schedule
-    (scaled to ``iters``) and 150-image search split, on the demo data, from scratch (no pretraining).
-    ``one_class``: digits as one class (a detector that learns something in a few hundred steps)."""
-    from detnas.checkpoint import load_checkpoint
-    from detnas.stages import finetune_job, run_stage
-    from detnas.train_config import FinetuneConfig
-
-    if (run_dir / CHECKPOINT).is_file():
-        state = load_checkpoint(run_dir / CHECKPOINT, "finetune")
-        if state["step"] >= state["config"]["train"]["iters"]:
-            return run_dir
-    demo = demo_settings()
-    paths = build_demo_data()  # the demo's sizes; cached under $DETNAS_CACHE/demo
-    schedule = dict(demo["finetune"])
-    if iters is not None and iters != schedule["iters"]:
-        scale = iters / schedule["iters"]
-        schedule["milestones"] = [max(1, min(iters - 1, round(m * scale))) for m in schedule.get("milestones", [])]
-        schedule["warmup_iters"] = round(schedule.get("warmup_iters", 0) * scale)
-        schedule["iters"] = iters
-    annotations = paths.det_train_json
-    if one_class:
-        annotations = single_class(annotations, run_dir.parent / f"{run_dir.name}-data" / "train.json")
-    cfg = FinetuneConfig.model_validate({
-        "space": demo["space"], "seed": demo["seed"],
-        "data": {"train": {"format": "coco", "annotations": str(annotations), "images": str(paths.det_images)},
-                 "holdout": demo["detection"]["holdout"], "flip": demo["detection"].get("flip", True)},
-        "detector": demo["detector"], "train": schedule,
-        "logging": {"log_every": 25, "checkpoint_every": 100, "progress": False},
-        "eval": {"archs": ["0" * 20], **{k: demo["fitness"][k] for k in ("recalib_images", "batch_size")}},
-    })
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        t0 = time.perf_counter()
-        run_stage(finetune_job(cfg, run_dir), cfg, run_dir, resume=(run_dir / CHECKPOINT).is_file())
-        print(f"finetuned the demo supernet ({cfg.train.iters} iterations) in {time.perf_counter() - t0:.0f} s "
-              f"into {run_dir}", file=sys.stderr)
-    finally:
-        torch.set_num_threads(previous)
-    return run_dir
-
-
-def fitness_config():
-    from detnas.search_stage import FitnessConfig
-
-    return FitnessConfig(**demo_settings()["fitness"])
-
-
-def recalibration_set(evaluator):
-    """The training images the evaluator recalibrates on (train minus the search split), undecoded."""
-    cfg, det = evaluator.cfg, evaluator.detector_cfg
-    train = load_detection(cfg.data.train, DetectionTransform(det.min_size, det.max_size, flip=cfg.data.flip),
-                           cfg.seed)
-    held = set(evaluator.search_set.image_ids)
-    return train.subset([i for i, image_id in enumerate(train.image_ids) if image_id not in held])
-
+from _common import (
+    add_supernet_args, default_supernet, demo_settings, max_flops, prepare_supernet, pycocotools_stats,
+    recalibration_set,
+)
 
 def pycocotools_map(gt: dict, detections: list[dict]) -> float:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     if not detections:  # pycocotools cannot load an empty result list
         return 0.0
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(gt)
-        coco_gt.createIndex()
-        ev = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(detections)), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return float(ev.stats[0])
+    return pycocotools_stats(gt, detections)[0]
 
 
 def straightforward(evaluator, arch, train_set, fitness) -> dict:
@@ -184,7 +83,7 @@ def med(rows: list[dict], key: str) -> float:
 def per_candidate(args) -> None:
     from detnas.search_stage import SupernetEvaluator
 
-    fitness = fitness_config()
+    fitness = demo_settings().fitness
     t0 = time.perf_counter()
     evaluator = SupernetEvaluator(args.supernet, fitness)
     setup_s = time.perf_counter() - t0
@@ -262,9 +161,9 @@ def per_candidate(args) -> None:
     diffs = [abs(a["map"] - b["map"]) for a, b in zip(fast, slow)]
     print(f"mAP ours vs straightforward: max |difference| {max(diffs):.2e} over {len(diffs)} candidates "
           f"(mAPs {', '.join(format(r['map'], '.4f') for r in fast)})")
-    print(f"demo search ({demo['search']['population']} x {demo['search']['generations']} candidates): "
-          f"{demo['search']['population'] * demo['search']['generations'] / per_min_fast:.1f} min of evaluation "
-          f"(straightforward {demo['search']['population'] * demo['search']['generations'] / per_min_slow:.1f} min)")
+    print(f"demo search ({demo.search.population} x {demo.search.generations} candidates): "
+          f"{demo.search.population * demo.search.generations / per_min_fast:.1f} min of evaluation "
+          f"(straightforward {demo.search.population * demo.search.generations / per_min_slow:.1f} min)")
 
 
 # ----------------------------------------------------------------------------- 1 vs 2 workers
@@ -274,13 +173,14 @@ def search_worker(args) -> None:
     """Run under torchrun or alone: one generation of random candidates through the real engine; rank 0
     prints the seconds the search itself took (set-up excluded: it is the same once per worker)."""
     from detnas.distributed import barrier, get_rank, get_world_size
-    from detnas.search import SearchConfig, run_search
+    from detnas.configs import SearchConfig
+    from detnas.search import run_search
     from detnas.search_stage import SupernetEvaluator
 
-    evaluator = SupernetEvaluator(args.supernet, fitness_config())
+    evaluator = SupernetEvaluator(args.supernet, demo_settings().fitness)
     demo = demo_settings()
     cfg = SearchConfig(strategy="random", population=args.population, generations=1,
-                       topk=min(args.population, demo["search"]["topk"]), mutations=0, crossovers=0,
+                       topk=min(args.population, demo.search.topk), mutations=0, crossovers=0,
                        max_flops=max_flops(demo), seed=args.seed)
     evaluator(sample_arch(evaluator.space, np.random.default_rng(99)))  # warm-up, as in per_candidate
     barrier()
@@ -325,14 +225,6 @@ def scaling(args) -> None:
               f"{out['per_min'] / ref:.2f}x |")
     same = all(o["maps"] == results[0]["maps"] for o in results)
     print(f"\nsame candidates and mAPs in all three runs: {'yes' if same else 'NO'}")
-
-
-def add_supernet_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--supernet", type=Path, default=None,
-                    help="a finished demo finetuning run (default: one finetuned with the demo's settings, kept in "
-                         "$TMPDIR/detnas-bench)")
-    ap.add_argument("--finetune-iters", type=int, default=None, help="when finetuning one (default: the demo's)")
-    ap.add_argument("--one-class", action="store_true", help="when finetuning one: the digits as a single class")
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from detnas.flops import arch_cost
 from detnas.space import arch_to_str, get_space
 from detnas.supernet import ShuffleNetBackbone
 from detnas.train import Job, param_groups, path_for_step, train_step
-from detnas.train_config import SamplingConfig
+from detnas.configs import SamplingConfig
 
 # the demo's settings (src/detnas/configs/demo.yaml)
 DETECTOR = DetectorConfig(kind="fpn", fpn_channels=64, box_head_channels=256, anchor_size=8, min_size=128,

@@ -1,0 +1,123 @@
+"""What the benchmarks share: the demo's settings, read from the packaged demo config and validated as
+a ``PipelineConfig`` (never copied here), and a demo supernet finetuned with them, kept between runs."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from detnas.config import validate
+from detnas.configs import FinetuneConfig, PipelineConfig
+from detnas.data.demo import DemoPaths, build_demo_data
+from detnas.data.sources import load_detection
+from detnas.data.transforms import DetectionTransform
+from detnas.demo import demo_config
+from detnas.runs import CHECKPOINT, FINETUNE
+from detnas.space import get_space
+
+# the reference COCO evaluator (pycocotools) that the tests hold our numbers to, kept with the tests
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+from reference_coco import pycocotools_stats  # noqa: E402, F401 - re-exported for the benchmarks
+
+SOURCE = "src/detnas/configs/demo.yaml"
+
+
+def demo_settings(paths: DemoPaths | None = None) -> PipelineConfig:
+    """The demo's pipeline config on ``paths`` (default: the demo's own data, built or cached)."""
+    return validate(PipelineConfig, demo_config(paths=paths), "demo config")
+
+
+def max_flops(demo: PipelineConfig) -> float:
+    """The demo search's body-FLOPs budget."""
+    return demo.search.max_flops if demo.search.max_flops is not None else float("inf")
+
+
+def demo_finetune(demo: PipelineConfig, iters: int | None = None, **update) -> FinetuneConfig:
+    """The demo's finetuning stage from scratch, its schedule scaled to ``iters`` steps, with ``update``
+    (top-level fields) on top; only the fixed path all-0 is evaluated at the end."""
+    schedule = demo.finetune
+    if iters is not None and iters != schedule.iters:
+        scale = iters / schedule.iters
+        schedule = schedule.model_copy(update={
+            "iters": iters, "warmup_iters": round(schedule.warmup_iters * scale),
+            "milestones": [max(1, min(iters - 1, round(m * scale))) for m in schedule.milestones],
+        })
+    baseline = "0" * get_space(demo.space, demo.width_mult).num_blocks
+    evaluation = demo.eval.model_copy(update={"archs": [baseline], "recalib_images": demo.fitness.recalib_images,
+                                              "batch_size": demo.fitness.batch_size})
+    cfg = demo.model_copy(update={"finetune": schedule, "eval": evaluation}).finetune_config(init=None)
+    return FinetuneConfig.model_validate({**cfg.model_dump(), **update})
+
+
+def default_supernet(iters: int | None = None, one_class: bool = False) -> Path:
+    """Where the supernet of the current demo settings is kept between runs (named by those settings)."""
+    demo = demo_settings()
+    keys = demo.model_dump(mode="json", include={"space", "seed", "detection", "detector", "finetune"})
+    keys["detection"] = {k: v for k, v in keys["detection"].items() if k not in ("train", "test")}
+    tag = hashlib.sha256(json.dumps([keys, iters, one_class], sort_keys=True).encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / "detnas-bench" / f"demo-supernet{'-1class' if one_class else ''}-{tag}"
+
+
+def single_class(train_json: Path, out: Path) -> Path:
+    """The demo's training annotations with the ten digit classes merged into one, "digit"."""
+    data = json.loads(train_json.read_text())
+    data["categories"] = [{"id": 1, "name": "digit"}]
+    for a in data["annotations"]:
+        a["category_id"] = 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data))
+    return out
+
+
+def prepare_supernet(run_dir: Path, iters: int | None = None, threads: int = 1, one_class: bool = False) -> Path:
+    """A finished demo finetuning run in ``run_dir`` (reused if there): the demo's detector, schedule
+    (scaled to ``iters``) and search split, on the demo data, from scratch (no pretraining).
+    ``one_class``: digits as one class (a detector that learns something in a few hundred steps)."""
+    from detnas.checkpoint import load_checkpoint
+    from detnas.stages import finetune_job, run_stage
+
+    if (run_dir / CHECKPOINT).is_file():
+        state = load_checkpoint(run_dir / CHECKPOINT, FINETUNE)
+        if state["step"] >= state["config"]["train"]["iters"]:
+            return run_dir
+    demo = demo_settings()
+    cfg = demo_finetune(demo, iters, logging={"log_every": 25, "checkpoint_every": 100, "progress": False})
+    if one_class:
+        train = cfg.data.train
+        annotations = single_class(train.annotations, run_dir.parent / f"{run_dir.name}-data" / "train.json")
+        data = cfg.data.model_copy(update={"train": train.model_copy(update={"annotations": annotations})})
+        cfg = cfg.model_copy(update={"data": data})
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        t0 = time.perf_counter()
+        run_stage(finetune_job(cfg, run_dir), cfg, run_dir, resume=(run_dir / CHECKPOINT).is_file())
+        print(f"finetuned the demo supernet ({cfg.train.iters} iterations) in {time.perf_counter() - t0:.0f} s "
+              f"into {run_dir}", file=sys.stderr)
+    finally:
+        torch.set_num_threads(previous)
+    return run_dir
+
+
+def recalibration_set(evaluator):
+    """The training images the evaluator recalibrates on (train minus the search split), undecoded."""
+    cfg, det = evaluator.cfg, evaluator.detector_cfg
+    train = load_detection(cfg.data.train, DetectionTransform(det.min_size, det.max_size, flip=cfg.data.flip),
+                           cfg.seed)
+    held = set(evaluator.search_set.image_ids)
+    return train.subset([i for i, image_id in enumerate(train.image_ids) if image_id not in held])
+
+
+def add_supernet_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--supernet", type=Path, default=None,
+                    help="a finished demo finetuning run (default: one finetuned with the demo's settings, kept in "
+                         "$TMPDIR/detnas-bench)")
+    ap.add_argument("--finetune-iters", type=int, default=None, help="when finetuning one (default: the demo's)")
+    ap.add_argument("--one-class", action="store_true", help="when finetuning one: the digits as a single class")
