@@ -19,12 +19,12 @@ def one_thread():
 
 
 @pytest.fixture
-def cli_here(capsys):
+def cli_here():
     """``cli_here(*args, check=True)``: ``detnas ARGS`` in this process (see ``cli_checks.run_here``)."""
     from cli_checks import run_here
 
     def run(*args, check: bool = True):
-        r = run_here(capsys, *args)
+        r = run_here(*args)
         if check:
             assert r.returncode == 0, r.stderr[-3000:]
         return r

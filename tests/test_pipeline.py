@@ -5,19 +5,17 @@ the run's own files."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from cli_checks import DETNAS, ENV
 from detnas.data.demo import build_demo_data
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def tiny_pipeline_config(tmp: Path) -> Path:
@@ -50,7 +48,7 @@ def tiny_pipeline_config(tmp: Path) -> Path:
 
 
 def pipeline(config: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "detnas", "pipeline", "--config", str(config), "--out", str(out)],
+    return subprocess.Popen([*DETNAS, "pipeline", "--config", str(config), "--out", str(out)],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

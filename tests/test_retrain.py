@@ -4,19 +4,17 @@ detector and tested; the same recipe for searched nets and baselines."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from cli_checks import run_detnas
 from detnas.checkpoint import load_checkpoint
 from detnas.data.demo import build_demo_data
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 ARCH = "21202112331300313132"
 
 
@@ -44,8 +42,7 @@ def config(tmp_path_factory) -> Path:
 
 
 def retrain(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "detnas", "retrain", *args], env=ENV, capture_output=True,
-                          text=True, timeout=600)
+    return run_detnas("retrain", *args, check=False, timeout=600)
 
 
 def test_retrain_with_pretraining_from_a_search_result(config, tmp_path):

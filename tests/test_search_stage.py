@@ -11,8 +11,6 @@ error; the evaluator's mAP equals pycocotools' on the same recalibrated detector
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import signal
@@ -26,21 +24,21 @@ import torch
 import yaml
 
 import detnas.data.detection as detection_module
-from detnas.cli import main as cli_main
+from cli_checks import ENV, TORCHRUN, one_line_error
+from cli_checks import run_detnas as cli
+from cli_checks import run_here as run_cli
+from detnas.configs import FinetuneConfig, FitnessConfig
 from detnas.data import build_demo_data
 from detnas.detector import extract_detector
 from detnas.evaluate import detector_backbone_forward, predict, recalibrate_bn
 from detnas.flops import arch_cost
 from detnas.runs import SPLIT_FILE
-from detnas.configs import FitnessConfig
 from detnas.search_stage import SupernetEvaluator
 from detnas.space import get_space, parse_arch
 from detnas.stages import finetune_job, run_stage
 from detnas.train import run_training
-from detnas.configs import FinetuneConfig
 
 # subprocesses run single-threaded: the same numbers in every run, and no oversubscription of the cores
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 HELD_OUT = 16
 FITNESS = {"recalib_images": 12, "batch_size": 8}
 BUDGET = {"min_flops": 270e6, "max_flops": 295e6}  # body MACs at 224x224; the Small space spans 237M-365M
@@ -123,28 +121,8 @@ class Opened:
         detection_module.load_rgb = self.real
 
 
-def run_cli(*args) -> subprocess.CompletedProcess:
-    """``detnas ARGS`` in this process, with the CLI's own error handling (saves the start of a process)."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            cli_main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
-def cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "detnas", *map(str, args)], capture_output=True, text=True, env=ENV,
-                       check=False, timeout=timeout)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
-
-
 def torchrun_cmd(*args) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "detnas", *map(str, args)]
+    return [*TORCHRUN, "-m", "detnas", *map(str, args)]
 
 
 @pytest.fixture(scope="module")
@@ -328,15 +306,6 @@ def test_resume_after_kill_9_under_torchrun(supernet, searched, tmp_path):
 
 
 # ----------------------------------------------------------------------------- 4. bad input
-
-
-def one_line_error(r: subprocess.CompletedProcess, *expect: str) -> str:
-    assert r.returncode not in (0, None) and "Traceback" not in r.stderr, r.stderr[-3000:]
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("detnas: error:"), r.stderr[-3000:]
-    for e in expect:
-        assert e in lines[0], lines[0]
-    return lines[0]
 
 
 def _finetune_elsewhere(supernet: Supernet, out: Path, stop_after: int | None = None, **overrides) -> Path:

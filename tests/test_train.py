@@ -23,7 +23,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from data_builders import make_coco, make_image_folder, make_voc  # noqa: E402
-from cli_checks import one_line_error  # noqa: E402
+from cli_checks import DETNAS, ENV, one_line_error  # noqa: E402
+from cli_checks import run_detnas as cli  # noqa: E402
 
 from detnas.checkpoint import save_checkpoint  # noqa: E402
 from detnas.stages import finetune_job, pretrain_job  # noqa: E402
@@ -33,7 +34,6 @@ from detnas.configs import FinetuneConfig, PretrainConfig  # noqa: E402
 
 ALL0 = "0" * 20
 # subprocesses run single-threaded: the same numbers in every run, and no oversubscription of the cores
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
 # ----------------------------------------------------------------------------- data and configs
@@ -133,15 +133,6 @@ def tensorboard_steps(out: Path, tag: str) -> list[int]:
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()
     return [e.step for e in acc.Scalars(tag)]
-
-
-def cli(*args, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``detnas ARGS`` in a subprocess."""
-    r = subprocess.run([sys.executable, "-m", "detnas", *map(str, args)], capture_output=True, text=True,
-                       env=ENV, timeout=timeout)
-    if check:
-        assert r.returncode == 0, r.stderr[-3000:]
-    return r
 
 
 def assert_same_tensors(a, b, where: str = "") -> None:
@@ -344,7 +335,7 @@ def test_resume_after_stop_equals_an_uninterrupted_run(stage, data, tmp_path):
 
 def _kill_when_checkpointed(args: list, out: Path, timeout: float = 240) -> int:
     """Start the CLI, SIGKILL it as soon as its first checkpoint is there; the step it was killed at."""
-    proc = subprocess.Popen([sys.executable, "-m", "detnas", *map(str, args)], env=ENV,
+    proc = subprocess.Popen([*DETNAS, *map(str, args)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     try:

@@ -8,7 +8,6 @@ so that the test can compare the workers bit for bit and check their BN modules.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,17 +17,16 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
+from cli_checks import ENV, TORCHRUN  # noqa: E402
 from data_builders import make_coco, make_image_folder  # noqa: E402
 
 from detnas.train import epoch_batches  # noqa: E402
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 ALL0 = "0" * 20
 
 
 def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        *args], env=ENV, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run([*TORCHRUN, *args], env=ENV, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     return r
 
