@@ -1,4 +1,5 @@
-"""Tiny on-disk datasets for tests: COCO, Pascal VOC and ImageFolder layouts with random-pixel images."""
+"""Tiny on-disk datasets for tests: COCO, Pascal VOC and ImageFolder layouts with random-pixel images;
+and the tiny detector the tests build around them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+
+# a detector small enough to train in seconds on a CPU (the paper's widths: 256 and 1024)
+TINY_DETECTOR = {"fpn_channels": 16, "box_head_channels": 32, "min_size": 64, "max_size": 64}
+# ... and cheap to train and test: few RoIs sampled per image, few proposals kept
+TINY_TRAINED_DETECTOR = {**TINY_DETECTOR, "box_batch_size_per_image": 16, "rpn_post_nms_top_n_test": 20}
 
 
 def write_image(path: Path, width: int, height: int, seed: int = 0, mode: str = "RGB") -> Path:

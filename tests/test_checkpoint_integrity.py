@@ -13,7 +13,7 @@ import yaml
 
 import detnas
 from cli_checks import one_line_error
-from data_builders import make_coco, make_image_folder
+from data_builders import TINY_DETECTOR, make_coco, make_image_folder
 from detnas.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
 from detnas.detector import DetectorConfig, build_detector
 from detnas.errors import UserError
@@ -24,7 +24,7 @@ from detnas.supernet import ShuffleNetBackbone
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 ALL0 = "0" * 20
 SMALL = {"space": "small", "width_mult": 1.0}
-DETECTOR = DetectorConfig(fpn_channels=16, box_head_channels=32, min_size=48, max_size=64)
+DETECTOR = DetectorConfig(**{**TINY_DETECTOR, "min_size": 48})
 DAMAGED = "checkpoint is damaged"
 
 

@@ -13,6 +13,7 @@ import pytest
 
 import detnas.export
 from cli_checks import one_line_error
+from data_builders import TINY_DETECTOR
 from detnas.checkpoint import save_checkpoint
 from detnas.detector import DetectorConfig, build_detector
 from detnas.export import export_model
@@ -29,7 +30,7 @@ WITHOUT_ONNX = ("import sys\nfor m in {!r}: sys.modules[m] = None\nfrom detnas.c
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """A retrained detector checkpoint and a supernet (finetune) one."""
     root = tmp_path_factory.mktemp("export_safety")
-    cfg = DetectorConfig(fpn_channels=16, box_head_channels=32, min_size=48, max_size=64)
+    cfg = DetectorConfig(**{**TINY_DETECTOR, "min_size": 48})
     space = {"space": "small", "width_mult": 1.0}
     det = build_detector(ShuffleNetBackbone(get_space("small"), (1,) * 20), 1, cfg)
     save_checkpoint(root / "retrain.pt", {"stage": "retrain", "space": space, "arch": "1" * 20, "classes": ["x"],

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from cli_checks import DETNAS, ENV
+from data_builders import TINY_TRAINED_DETECTOR
 from detnas.data.demo import build_demo_data
 
 
@@ -30,8 +31,7 @@ def tiny_pipeline_config(tmp: Path) -> Path:
             "test": {"annotations": str(paths.det_test_json), "images": images},
             "holdout": {"size": 8},
         },
-        "detector": {"fpn_channels": 16, "box_head_channels": 32, "min_size": 64, "max_size": 64,
-                     "box_batch_size_per_image": 16, "rpn_post_nms_top_n_test": 20},
+        "detector": TINY_TRAINED_DETECTOR,
         "pretrain": {"train": {"iters": 3, "batch_size": 16, "lr": 0.03}},
         "finetune": {"iters": 3, "batch_size": 2, "lr": 0.01},
         "search": {"population": 4, "generations": 3, "topk": 2, "mutations": 1, "crossovers": 1,

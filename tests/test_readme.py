@@ -77,13 +77,14 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     """The 'use the found backbone elsewhere' snippet, against a real export of a tiny detector."""
     import torch
 
+    from data_builders import TINY_DETECTOR
     from detnas.checkpoint import save_checkpoint
     from detnas.detector import DetectorConfig, build_detector
     from detnas.export import export_model
     from detnas.space import get_space
     from detnas.supernet import ShuffleNetBackbone
 
-    det_cfg = DetectorConfig(fpn_channels=16, box_head_channels=32, min_size=64, max_size=64)
+    det_cfg = DetectorConfig(**TINY_DETECTOR)
     arch = (1,) * 20
     model = build_detector(ShuffleNetBackbone(get_space("small"), arch), 3, det_cfg)
     ckpt = tmp_path / "checkpoint.pt"

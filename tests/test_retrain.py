@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from cli_checks import run_detnas
+from data_builders import TINY_TRAINED_DETECTOR
 from detnas.checkpoint import load_checkpoint
 from detnas.data.demo import build_demo_data
 
@@ -28,8 +29,7 @@ def config(tmp_path_factory) -> Path:
         "space": "small",
         "data": {"train": {"annotations": str(paths.det_train_json), "images": images},
                  "test": {"annotations": str(paths.det_test_json), "images": images}},
-        "detector": {"fpn_channels": 16, "box_head_channels": 32, "min_size": 64, "max_size": 64,
-                     "box_batch_size_per_image": 16, "rpn_post_nms_top_n_test": 20},
+        "detector": TINY_TRAINED_DETECTOR,
         "train": {"iters": 2, "batch_size": 2, "lr": 0.01},
         "pretrain": {"data": {"train": str(paths.cls_train), "val": str(paths.cls_val)},
                      "train": {"iters": 2, "batch_size": 8, "lr": 0.03}},

@@ -30,6 +30,15 @@ def _update(h, value) -> None:
         h.update(f"{type(value).__name__}:{value!r};".encode())
 
 
+def file_sha256(path) -> str:
+    """The hex SHA-256 of a file's bytes, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def content_sha256(value) -> str:
     """A hex SHA-256 of ``value``'s content, the same after a save and load round trip."""
     h = hashlib.sha256()

@@ -34,7 +34,8 @@ from torch import nn
 from detnas.atomic import atomic_write, staged_files, write_text_atomic
 from detnas.errors import UserError
 from detnas.weights import (
-    ARCH_FILE, BACKBONE_FILE, CHECKSUM, DETECTOR_FILE, EXPORT_FORMAT, ONNX_FILE, load_trained_detector, tensors_sha256,
+    ARCH_FILE, BACKBONE_FILE, CHECKSUM, DETECTOR_FILE, EXPORT_FORMAT, ONNX_FILE, load_trained_detector,
+    tensors_sha256,
 )
 
 EXPORT_VERSION = 1

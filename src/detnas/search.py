@@ -271,8 +271,8 @@ def run_search(
     if state is not None and not search.main:
         search_state.restore(search, state, state_path)
 
-    main_progress = progress and search.main
-    bar = search_plots.ProgressBars(main_progress and search.generation < cfg.generations and not search.exhausted, cfg.generations)
+    running = search.generation < cfg.generations and not search.exhausted
+    bar = search_plots.ProgressBars(progress and search.main and running, cfg.generations)
     try:
         while search.generation < cfg.generations and not search.exhausted:
             cands = search.propose()
@@ -301,7 +301,8 @@ def run_search(
         # last: the pipeline takes best.json as the sign that the search finished with all its outputs
         search_state.write_best(run_dir, best, space, search.identity["input_size"], cfg.strategy)
         if progress:
-            search_plots.print_topk(search.topk, f"top-{len(search.topk)} of {len(search.records)} evaluated ({cfg.strategy})")
+            title = f"top-{len(search.topk)} of {len(search.records)} evaluated ({cfg.strategy})"
+            search_plots.print_topk(search.topk, title)
     return SearchResult(
         best=to_arch(best["arch"]),
         best_record=best,

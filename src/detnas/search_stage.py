@@ -9,7 +9,6 @@ split that finetuning wrote. The test split is never read here.
 from __future__ import annotations
 
 import copy
-import hashlib
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from detnas.data.detection import collate
 from detnas.data.sources import image_dir_of, load_detection
 from detnas.data.transforms import DetectionTransform
 from detnas.detector import DetectorConfig, build_detector
+from detnas.digest import file_sha256
 from detnas.distributed import init_distributed
 from detnas.errors import UserError
 from detnas.evaluate import decoded_batches, evaluate_detection_path
@@ -77,8 +77,8 @@ class SupernetEvaluator:
     def identity(self) -> dict:
         """What a candidate's fitness depends on: the supernet's weights, the search split and the
         fitness settings (not the folder's path, so a moved run can still be resumed)."""
-        return {"checkpoint_sha256": _sha256(self.finetune_dir / CHECKPOINT),
-                "search_split_sha256": _sha256(self.finetune_dir / SPLIT_FILE),
+        return {"checkpoint_sha256": file_sha256(self.finetune_dir / CHECKPOINT),
+                "search_split_sha256": file_sha256(self.finetune_dir / SPLIT_FILE),
                 "fitness": self.fitness.model_dump(mode="json")}
 
     def __call__(self, arch) -> dict:
@@ -87,14 +87,6 @@ class SupernetEvaluator:
             self.fitness.recalib_mode, self.fitness.batch_size,
         )
         return {"map": m["AP"], "ap50": m["AP50"], **{k: v for k, v in m.items() if k.startswith("seconds_")}}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run_search_stage(cfg: SearchStageConfig, out_dir: Path, resume: bool) -> SearchResult:

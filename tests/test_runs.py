@@ -1,0 +1,58 @@
+"""The one rule for "finished" and "may resume" (``runs.py``) and the one place that decides which
+architecture of which space a user's text is (``space.resolve_arch``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from detnas.errors import UserError
+from detnas.runs import (
+    BEST_FILE, METRICS_FILE, RESULT_FILE, SEARCH_RESUMABLE, TRAINING_RESUMABLE, config_changes, is_finished,
+)
+from detnas.space import PRESETS, ArchError, get_space, resolve_arch, to_arch
+
+
+@pytest.mark.parametrize("marker", [METRICS_FILE, BEST_FILE, RESULT_FILE])
+def test_a_stage_is_finished_once_its_last_file_is_there(tmp_path, marker):
+    assert not is_finished(tmp_path) and not is_finished(tmp_path / "missing")
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    assert not is_finished(tmp_path)  # an interrupted run
+    (tmp_path / marker).write_text("{}")
+    assert is_finished(tmp_path)
+
+
+def test_config_changes_ignore_only_the_resumable_keys():
+    old = {"train": {"lr": 0.1, "iters": 5}, "logging": {"log_every": 1}, "data": {"workers": 0, "flip": True}}
+    new = {"train": {"lr": 0.2, "iters": 5}, "logging": {"log_every": 9}, "data": {"workers": 4, "flip": False}}
+    assert config_changes(old, new, TRAINING_RESUMABLE) == ["data.flip", "train.lr"]
+    assert config_changes({"generations": 2, "seed": 0}, {"generations": 5, "seed": 1}, SEARCH_RESUMABLE) == ["seed"]
+    assert config_changes({"a": 1}, {"b": 1}) == ["a", "b"]
+
+
+def test_resolve_arch_finds_the_space_of_digits_presets_and_lists():
+    small, large = get_space("small"), get_space("large")
+    assert resolve_arch("0123" * 5) == (to_arch("0123" * 5), small)
+    assert resolve_arch([3] * 40) == ((3,) * 40, large)
+    assert resolve_arch(json.dumps([1] * 20))[0] == (1,) * 20
+    preset = PRESETS["detnasnet-3.8g"]
+    arch, space = resolve_arch(preset.name)
+    assert arch == to_arch(preset.arch) and space == get_space("large", 1.8)
+    assert resolve_arch("0" * 20, "small", 1.5)[1] == get_space("small", 1.5)
+    with pytest.raises(ArchError, match="belongs to the large space"):
+        resolve_arch(preset.name, small)
+    with pytest.raises(ArchError, match="blocks"):
+        resolve_arch("0" * 7)
+
+
+def test_resolve_arch_reads_a_best_json_of_the_same_space_only(tmp_path):
+    best = tmp_path / BEST_FILE
+    best.write_text(json.dumps({"arch": "2" * 20, "space": "small", "width_mult": 1.0}))
+    assert resolve_arch(str(best)) == ((2,) * 20, get_space("small"))
+    assert resolve_arch(str(best), get_space("small")) == ((2,) * 20, get_space("small"))
+    with pytest.raises(UserError, match=r"space small x1.0, the config uses"):
+        resolve_arch(str(best), get_space("small", 1.5))
+    best.write_text(json.dumps({"map": 1.0}))
+    with pytest.raises(UserError, match="'arch' digit string"):
+        resolve_arch(str(best))
