@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -105,6 +105,16 @@ def on_main(fn: Callable[[], Any]) -> Any:
         err.path = got[2]
         raise err
     raise RuntimeError(f"rank 0 failed: {got[1]}")
+
+
+def map_in_rounds(items: list, fn: Callable[[Any], Any]) -> Iterator[list]:
+    """Share ``items`` out over the workers, one per worker per round (item j on rank j % world), and
+    yield each round's results of ``fn``, gathered on every worker in item order. Every worker calls
+    this with the same ``items``; ``fn`` must be local to its worker (no collective inside it)."""
+    world, rank = get_world_size(), get_rank()
+    for start in range(0, len(items), world):
+        chunk = items[start : start + world]
+        yield all_gather_object(fn(chunk[rank]) if rank < len(chunk) else None)[: len(chunk)]
 
 
 def broadcast_state(model: nn.Module) -> None:

@@ -20,7 +20,7 @@ worker, and each round's results are gathered with ``all_gather_object``, so eve
 same state. Only rank 0 writes files. ``evaluate`` must therefore be local to its worker (no
 collective operations inside it).
 
-Rank 0 writes the files of ``search_state`` into ``run_dir``: a state to resume from after every
+Rank 0 writes the files of ``search_state.py`` into ``run_dir``: a state to resume from after every
 generation, the results of the running generation as they come, then the plots and ``best.json``.
 """
 
@@ -38,7 +38,7 @@ import numpy as np
 from detnas import search_plots, search_state
 from detnas.configs import SearchConfig
 from detnas.constraints import Constraints, check_constraints, size_key
-from detnas.distributed import all_gather_object, get_rank, get_world_size, on_main
+from detnas.distributed import all_gather_object, get_rank, map_in_rounds, on_main
 from detnas.errors import UserError
 from detnas.flops import sample_arch
 from detnas.runs import PARTIAL_FILE, SEARCH_STATE_FILE
@@ -183,25 +183,27 @@ class _Search:
         best = max([best, *(r["map"] for r in results.values())])
         if bar is not None:
             bar.advance(len(results), best)
+        errors: list[BaseException] = []  # this worker's, raised once the round is recorded
+
+        def evaluate_mine(item: tuple[int, Arch]) -> dict:
+            record, err = self._evaluate_one(evaluate, g, *item)
+            if err is not None:
+                errors.append(err)
+            return record
+
         partial = search_state.PartialLog(self.run_dir, self.key, list(results.values()), self.main)
-        world, rank = get_world_size(), get_rank()
         try:
-            for start in range(0, len(pending), world):
-                chunk = pending[start : start + world]
-                mine, err = (None, None)
-                if rank < len(chunk):
-                    mine, err = self._evaluate_one(evaluate, g, *chunk[rank])
-                gathered = all_gather_object(mine)
-                done = [r for r in gathered if r is not None and "error" not in r]
+            for gathered in map_in_rounds(pending, evaluate_mine):
+                done = [r for r in gathered if "error" not in r]
                 for r in done:
                     results[r["arch"]] = r
                     best = max(best, r["map"])
                 partial.write(done)
                 if bar is not None:
                     bar.advance(len(done), best)
-                if err is not None:
-                    raise err
-                failed = [r for r in gathered if r is not None and "error" in r]
+                if errors:
+                    raise errors[0]
+                failed = [r for r in gathered if "error" in r]
                 if failed:
                     f = failed[0]
                     raise RuntimeError(f"evaluating {f['arch']} failed on rank {f['rank']}: {f['error']}")
