@@ -25,7 +25,7 @@ from detnas.detector import DetectorConfig, anchor_generator, build_detector, ro
 from detnas.errors import UserError
 from detnas.evaluate import detection_metrics, detector_backbone_forward, recalibrate_bn
 from detnas.export import OneImageDetector, export_model
-from detnas.inference import evaluate_checkpoint
+from detnas.inference import evaluate_detector
 from detnas.weights import load_trained_detector
 from detnas.space import get_space, parse_arch
 from detnas.supernet import ShuffleNetBackbone
@@ -244,6 +244,11 @@ def coco(tmp_path_factory, retrained):
                                         "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
     ann.write_text(json.dumps(data))
     return ann, images, ckpt
+
+
+def evaluate_checkpoint(path, source, batch_size: int = 8) -> dict:
+    """What ``detnas evaluate`` computes for the retrained detector in ``path``."""
+    return evaluate_detector(*load_trained_detector(path, "evaluate"), source, batch_size)
 
 
 def test_evaluate_checkpoint_equals_detection_metrics(coco):

@@ -138,7 +138,7 @@ def test_evolution_invariants(tmp_path):
         assert s["mean_topk_map"] == pytest.approx(np.mean([r["map"] for r in upto]))
     bests = [s["best_map"] for s in res.summary]
     assert bests == sorted(bests) and bests[-1] > bests[0]
-    assert res.topk == sorted(h, key=by)[: cfg.topk] and res.best_str == res.topk[0]["arch"]
+    assert res.topk == sorted(h, key=by)[: cfg.topk] and res.best_record["arch"] == res.topk[0]["arch"]
     for c, s in zip(progress_curve(h, cfg.topk), res.summary, strict=True):
         assert c["best_map"] == s["best_map"] and c["generation"] == s["generation"]
         assert c["mean_topk_map"] == pytest.approx(s["mean_topk_map"]) and c["mean_map"] == pytest.approx(s["mean_map"])
@@ -162,7 +162,7 @@ def test_evolution_invariants(tmp_path):
     lines = (tmp_path / "evo" / HISTORY_FILE).read_text().splitlines()
     assert [json.loads(x) for x in lines] == h
     best = json.loads((tmp_path / "evo" / "best.json").read_text())
-    assert best["arch"] == res.best_str and best["space"] == "small" and best["width_mult"] == 1.0
+    assert best["arch"] == res.best_record["arch"] and best["space"] == "small" and best["width_mult"] == 1.0
     assert best["map"] == res.best_record["map"] and best["ap50"] == res.best_record["metrics"]["ap50"]
     assert best["flops"] == res.best_record["flops"] and best["params"] == res.best_record["params"]
     for png in ("search_progress.png", "search_pareto.png"):
@@ -191,7 +191,7 @@ def test_small_space_runs_out_without_duplicates(tmp_path):
     res = run_search(tiny, cfg, lambda a: {"map": float(sum(a))}, tmp_path / "tiny", progress=False)
     archs = [r["arch"] for r in res.history]
     assert len(set(archs)) == len(archs) and 200 < len(archs) <= 256
-    assert res.best_str == "3333"
+    assert res.best_record["arch"] == "3333"
 
 
 def test_bad_evaluate_results_are_errors_naming_the_arch(tmp_path):
@@ -296,7 +296,7 @@ def test_two_gloo_workers_match_a_single_process(tmp_path):
     seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert seen[0] == seen[1]  # both workers hold the same state
     assert key_fields(seen[0]["history"]) == key_fields(single.history)
-    assert seen[0]["best"] == single.best_str
+    assert seen[0]["best"] == single.best_record["arch"]
     ranks = [r["rank"] for r in seen[0]["history"]]
     assert ranks == [i % 2 for i in range(60)]  # candidate i evaluated by rank i % 2
     assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == sorted(
@@ -308,7 +308,7 @@ def _worker(out: Path) -> None:
 
     dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=60))
     res = search(out, "dist", generations=3, evaluate=Counter())
-    (out / f"rank{dist.get_rank()}.json").write_text(json.dumps({"history": res.history, "best": res.best_str}))
+    (out / f"rank{dist.get_rank()}.json").write_text(json.dumps({"history": res.history, "best": res.best_record["arch"]}))
     dist.destroy_process_group()
 
 

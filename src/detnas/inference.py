@@ -34,23 +34,13 @@ def _gt_in_checkpoint_labels(dataset, classes: list[str], data_path) -> dict:
     }
 
 
-def evaluate_checkpoint(
-    path: str | Path, source, batch_size: int = 8, device: str | torch.device | None = None
-) -> dict[str, float]:
-    """COCO box metrics (AP, AP50, AP75, APs, APm, APl as fractions; -1 where COCO has nothing to
-    score) of the retrained detector in ``path`` on ``source`` (a ``configs.DetectionSource``),
-    with the evaluation transform of the checkpoint's detector config (no flip).
-
-    ``device`` defaults to CUDA when available, else the CPU.
-    """
-    detector, info = load_trained_detector(path, "evaluate")
-    return evaluate_detector(detector, info, source, batch_size, device)
-
-
 def evaluate_detector(
     detector: nn.Module, info: dict, source, batch_size: int = 8, device: str | torch.device | None = None
 ) -> dict[str, float]:
-    """``evaluate_checkpoint`` for a detector already loaded with ``load_trained_detector``."""
+    """COCO box metrics (AP, AP50, AP75, APs, APm, APl as fractions; -1 where COCO has nothing to
+    score) of a retrained detector loaded with ``weights.load_trained_detector`` (and its ``info``) on
+    ``source`` (a ``configs.DetectionSource``), with the evaluation transform of its detector config
+    (no flip). ``device`` defaults to CUDA when available, else the CPU."""
     from detnas.data.sources import image_dir_of, load_detection
     from detnas.data.transforms import DetectionTransform
     from detnas.evaluate import detection_metrics

@@ -57,10 +57,6 @@ class SearchResult:
     run_dir: Path
     exhausted: bool = False  # True when no new feasible candidate could be drawn
 
-    @property
-    def best_str(self) -> str:
-        return arch_to_str(self.best)
-
 
 def _rank_key(record: dict) -> tuple[float, str]:
     return (-record["map"], record["arch"])
