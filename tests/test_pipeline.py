@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ def tiny_pipeline_config(tmp: Path) -> Path:
                    "max_flops": 300e6},
         "fitness": {"recalib_images": 4, "batch_size": 4},
         "retrain": {"pretrain": {"iters": 2, "batch_size": 16, "lr": 0.03},
-                    "train": {"iters": 2, "batch_size": 2, "lr": 0.01}},
+                    "train": {"iters": 2, "batch_size": 2, "lr": 0.01}, "seeds": 2},
         "eval": {"recalib_images": 4, "archs": ["0" * 20], "batch_size": 4},
         "logging": {"progress": False, "log_every": 1, "checkpoint_every": 1},
     }
@@ -84,20 +85,24 @@ def test_pipeline_killed_during_search_resumes_and_reports(tmp_path):
         assert (run / stage / "metrics.json").stat().st_mtime_ns == mtime
     lines = out.splitlines()
     assert not any(line.startswith(("pretrain done", "finetune done")) for line in lines)  # skipped
-    assert sum(line.startswith("retrain-pretrain done") for line in lines) == 3  # searched, random, baseline
+    assert sum(line.startswith("retrain-pretrain done") for line in lines) == 6  # searched, random, baseline x 2 seeds
     history = history_lines(run)
     assert len(history) == 12 and len({r["arch"] for r in history}) == 12
     assert len(history) > evaluated_before
     state = json.loads((run / "pipeline.json").read_text())
     assert {"pretrain", "finetune", "search (evolution)", "search (random)", "retrain (searched)",
-            "retrain (random)", "retrain (baseline)"} <= set(state["seconds"])
+            "retrain (random)", "retrain (baseline)", "retrain (searched, seed 1)", "retrain (random, seed 1)",
+            "retrain (baseline, seed 1)"} <= set(state["seconds"])
 
     report = (run / "report.md").read_text()
     best = json.loads((run / "search" / "best.json").read_text())
     for name in ("searched", "random", "baseline"):
-        result = json.loads((run / "retrain" / name / "result.json").read_text())
-        assert f"`{result['arch']}`" in report
-        assert f"{100 * result['test']['AP']:.1f}" in report
+        folders = (name, f"{name}-seed1")
+        results = [json.loads((run / "retrain" / folder / "result.json").read_text()) for folder in folders]
+        assert results[0]["arch"] == results[1]["arch"] and f"`{results[0]['arch']}`" in report
+        aps = [r["test"]["AP"] for r in results]
+        assert f"| {100 * statistics.fmean(aps):.1f} ± {100 * statistics.stdev(aps):.1f} |" in report
+    assert report.count("**The searched network") == 1
     assert json.loads((run / "retrain" / "searched" / "result.json").read_text())["arch"] == best["arch"]
     assert json.loads((run / "retrain" / "baseline" / "result.json").read_text())["arch"] == "0" * 20
     assert "search_pareto.png" in report and (run / "search" / "search_pareto.png").exists()

@@ -32,7 +32,8 @@ def grown():
 def block_inputs(net, images):
     """The input of every position on the ShuffleNetV2 path, in training mode."""
     seen = {}
-    hooks = [c[0].register_forward_pre_hook(lambda m, x, i=i: seen.__setitem__(i, x[0])) for i, c in enumerate(net.blocks)]
+    hooks = [c[0].register_forward_pre_hook(lambda m, x, i=i: seen.__setitem__(i, x[0]))
+             for i, c in enumerate(net.blocks)]
     with torch.no_grad():
         net.train()(images, (0,) * len(net.blocks))
     for h in hooks:

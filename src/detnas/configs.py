@@ -254,6 +254,9 @@ class SearchStageConfig(StrictModel):
 class RetrainRecipe(StrictModel):
     pretrain: ScheduleConfig | None = None  # classification pretraining of each retrained network
     train: ScheduleConfig  # its detector training
+    # each network is retrained with seeds seed, seed + 1, ...: the report compares the searched
+    # network with the baseline against this seed spread
+    seeds: int = Field(1, ge=1)
 
 
 class PipelineConfig(SpaceConfig):

@@ -122,7 +122,7 @@ def build_detector(body: ShuffleNetBackbone, num_classes: int, cfg: DetectorConf
             box_score_thresh=cfg.score_thresh,
             **common,
         )
-    return RetinaNet(
+    retinanet = RetinaNet(
         backbone,
         num_classes=num_classes + 1,
         anchor_generator=anchor_generator(cfg),
@@ -130,6 +130,20 @@ def build_detector(body: ShuffleNetBackbone, num_classes: int, cfg: DetectorConf
         detections_per_img=cfg.detections_per_img,
         **common,
     )
+    silence_background(retinanet)
+    return retinanet
+
+
+BACKGROUND_LOGIT = -1e4  # sigmoid gives exactly 0.0 in float32: never above any score threshold
+
+
+@torch.no_grad()
+def silence_background(retinanet: RetinaNet) -> None:
+    """RetinaNet keeps torchvision's K+1 outputs (label 0 unused, so the weights load into a plain
+    torchvision RetinaNet), but its label-0 logit is pinned far below zero: its score is exactly 0,
+    so it is never detected, and the focal loss gives it no gradient to move back."""
+    head = retinanet.head.classification_head
+    head.cls_logits.bias.view(head.num_anchors, head.num_classes)[:, 0] = BACKGROUND_LOGIT
 
 
 def detector_body(detector: nn.Module) -> ShuffleNetBackbone:

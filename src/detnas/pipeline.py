@@ -16,7 +16,7 @@ from detnas.configs import PipelineConfig
 from detnas.distributed import broadcast_object, is_main
 from detnas.report import write_report
 from detnas.retrain import run_retrain
-from detnas.runs import BEST_FILE, CHECKPOINT, PIPELINE_FILE, REPORT_FILE, is_finished, resume_point
+from detnas.runs import BEST_FILE, CHECKPOINT, PIPELINE_FILE, REPORT_FILE, is_finished, resume_point, retrain_dir
 from detnas.search_stage import run_search_stage
 from detnas.space import get_space, resolve_arch
 from detnas.stages import finetune_job, pretrain_job, run_stage
@@ -98,10 +98,14 @@ def run_pipeline(cfg: PipelineConfig, out: Path) -> Path:
         candidates["random"] = lambda: resolve_arch(str(out / "random_search" / BEST_FILE), space)[0]
     if cfg.baseline:
         candidates["baseline"] = lambda: (0,) * space.num_blocks
-    for name, arch in candidates.items():
-        r_dir = out / "retrain" / name
-        stages.run(f"retrain ({name})", is_finished(r_dir), r_dir,
-                   lambda: run_retrain(arch(), rt_cfg, r_dir, resume=True, pretrain=rt_cfg.pretrain is not None))
+    for repeat in range(cfg.retrain.seeds):
+        seed_cfg = rt_cfg.model_copy(update={"seed": cfg.seed + repeat})
+        for name, arch in candidates.items():
+            r_dir = retrain_dir(out, name, repeat)
+            label = name if repeat == 0 else f"{name}, seed {seed_cfg.seed}"
+            stages.run(f"retrain ({label})", is_finished(r_dir), r_dir,
+                       lambda: run_retrain(arch(), seed_cfg, r_dir, resume=True,
+                                           pretrain=seed_cfg.pretrain is not None))
     if is_main():
         return write_report(out, stages.state["seconds"], cfg)
     return out / REPORT_FILE

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from detnas.atomic import write_text_atomic
 from detnas.fitness_check import NEAR_ZERO_MAP, read_warnings
-from detnas.runs import BEST_FILE, HISTORY_FILE, METRICS_FILE, REPORT_FILE, RESULT_FILE
+from detnas.runs import BEST_FILE, HISTORY_FILE, METRICS_FILE, REPORT_FILE, RESULT_FILE, retrain_dir
 
 NAMES = {"searched": "DetNAS (evolution)", "random": "random search best", "baseline": "ShuffleNetV2 baseline"}
 
@@ -58,6 +59,57 @@ def _supernet(out: Path) -> tuple[list[str], list[str]]:
     return lines, warnings
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def seed_verdict(searched: list[float], baseline: list[float]) -> str:
+    """Does the searched network beat the baseline by more than the seed spread? In words, AP in %."""
+    if len(searched) < 2 or len(baseline) < 2:
+        return ("With one seed per network, the difference cannot be told from seed noise: set "
+                "`retrain.seeds` to 2 or more.")
+    (m_s, sd_s), (m_b, sd_b) = _mean_std(searched), _mean_std(baseline)
+    spread = max(sd_s, sd_b)
+    diff = m_s - m_b
+    if diff > spread:
+        return (f"The searched network beats the ShuffleNetV2 baseline by {100 * diff:.2f} AP, more than the seed "
+                f"spread ({100 * spread:.2f} AP, the larger standard deviation over {min(len(searched), len(baseline))}"
+                " seeds).")
+    return (f"The searched network does not beat the ShuffleNetV2 baseline by more than the seed spread: "
+            f"{100 * diff:+.2f} AP against a spread of {100 * spread:.2f} AP (the larger standard deviation over "
+            f"{min(len(searched), len(baseline))} seeds).")
+
+
+def _retrained(out: Path, seeds: int) -> list[str]:
+    """The retrained networks' test AP as mean +- standard deviation over seeds, and the verdict."""
+    lines = [
+        "## Retrained architectures (test split)", "",
+        "| model | architecture | body FLOPs | body params | search mAP | test AP (mean ± std) | AP50 | AP75 "
+        "| seeds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    aps = {}
+    for name, label in NAMES.items():
+        results = [r for r in (_read(retrain_dir(out, name, k) / RESULT_FILE) for k in range(seeds)) if r is not None]
+        if not results:
+            continue
+        first = results[0]
+        test = {key: [r["test"][key] for r in results] for key in ("AP", "AP50", "AP75")}
+        aps[name] = test["AP"]
+        mean, std = _mean_std(test["AP"])
+        lines.append(
+            f"| {label} | `{first['arch']}` | {first['body_flops'] / 1e6:.1f}M | {first['body_params'] / 1e6:.2f}M "
+            f"| {_pct(_search_map(out, first['arch']))} | {_pct(mean)} ± {_pct(std)} "
+            f"| {_pct(statistics.fmean(test['AP50']))} | {_pct(statistics.fmean(test['AP75']))} | {len(results)} |"
+        )
+    lines += ["", "Search mAP is the path's mAP on the held-out search split with supernet weights after BN "
+              "recalibration; test AP is after retraining the standalone network (seeds: its number of "
+              "retrainings with different seeds).", ""]
+    if "searched" in aps and "baseline" in aps:
+        lines += [f"**{seed_verdict(aps['searched'], aps['baseline'])}**", ""]
+    return lines
+
+
 def write_report(out: Path, seconds: dict[str, float], cfg) -> Path:
     out = Path(out)
     lines = [
@@ -73,23 +125,7 @@ def write_report(out: Path, seconds: dict[str, float], cfg) -> Path:
     if warnings:
         lines += ["## Warnings", "", "**The search result below should not be trusted:**", ""]
         lines += [f"- {w}" for w in warnings] + [""]
-    lines += [
-        "## Retrained architectures (test split)", "",
-        "| model | architecture | body FLOPs | body params | search mAP | test AP | AP50 | AP75 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, label in NAMES.items():
-        result = _read(out / "retrain" / name / RESULT_FILE)
-        if result is None:
-            continue
-        test = result["test"]
-        lines.append(
-            f"| {label} | `{result['arch']}` | {result['body_flops'] / 1e6:.1f}M | {result['body_params'] / 1e6:.2f}M "
-            f"| {_pct(_search_map(out, result['arch']))} | {_pct(test['AP'])} | {_pct(test['AP50'])} "
-            f"| {_pct(test['AP75'])} |"
-        )
-    lines += ["", "Search mAP is the path's mAP on the held-out search split with supernet weights after BN "
-              "recalibration; test AP is after retraining the standalone network.", ""]
+    lines += _retrained(out, cfg.retrain.seeds)
     lines += supernet_lines
     best = _read(out / "search" / BEST_FILE)
     history = out / "search" / HISTORY_FILE

@@ -49,6 +49,12 @@ TRAINING_RESUMABLE = ("logging", "eval", "data.workers")
 SEARCH_RESUMABLE = ("generations",)
 
 
+def retrain_dir(out: Path, name: str, repeat: int) -> Path:
+    """The pipeline's folder for the ``repeat``-th seed of retraining ``name`` (the first keeps the
+    folder of runs made before retraining had several seeds)."""
+    return Path(out) / "retrain" / (name if repeat == 0 else f"{name}-seed{repeat}")
+
+
 def is_finished(run_dir: str | Path) -> bool:
     """Whether the stage in ``run_dir`` finished: its final file, written last, is there."""
     return any((Path(run_dir) / name).exists() for name in FINISHED_MARKERS)
