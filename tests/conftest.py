@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 # Before torch is imported (see detnas/cli.py): spinning OpenMP threads crawl when the tests' own
@@ -7,15 +8,31 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """In-process training single-threaded: several threads on 2 shared cores spin and crawl."""
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to ``n`` inside, restored after."""
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """In-process training single-threaded: several threads on 2 shared cores spin and crawl."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def two_threads():
+    """In-process training on both cores, for a long end-to-end test that runs alone."""
+    with torch_threads(2):
+        yield
 
 
 @pytest.fixture

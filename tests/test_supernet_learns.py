@@ -7,7 +7,6 @@ same recipe for the same number of steps.
 """
 
 import pytest
-import torch
 
 from detnas.config import validate
 from detnas.configs import PipelineConfig
@@ -16,14 +15,6 @@ from detnas.space import arch_to_str, get_space
 from detnas.stages import eval_archs, pretrain_job, run_stage
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_every_evaluated_path_reaches_80_percent_of_its_standalone_top1(tmp_path_factory, two_threads):
