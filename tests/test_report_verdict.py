@@ -1,4 +1,5 @@
-"""The report says in words whether the searched network beats the baseline by more than the seed spread."""
+"""The report says in words whether the searched network beats the baseline by more than the seed spread,
+and warns when the supernet itself did not learn."""
 
 from detnas.report import seed_verdict
 
@@ -18,3 +19,21 @@ def test_a_lead_within_the_seed_spread_is_not():
 
 def test_one_seed_cannot_tell():
     assert "set `retrain.seeds` to 2 or more" in seed_verdict([0.30], [0.20])
+
+
+def test_the_report_warns_when_the_supernet_is_near_chance_or_does_not_detect(tmp_path):
+    import json
+
+    from detnas.report import _supernet
+
+    for stage, metrics in (("pretrain", {"top1": {"0" * 20: 0.12, "3" * 20: 0.15}, "chance": 0.1}),
+                           ("finetune", {"split": "search", "map": {"0" * 20: {"AP": 0.004, "AP50": 0.02}}})):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "metrics.json").write_text(json.dumps(metrics))
+    lines, warnings = _supernet(tmp_path)
+    assert "| `00000000000000000000` | 12.0 | 0.4 | 2.0 |" in lines
+    assert "| `33333333333333333333` | 15.0 | - | - |" in lines
+    assert warnings == [
+        "supernet pretraining is near chance (best path 15.0% top-1, chance 10.0%): the paths did not learn",
+        "the finetuned supernet barely detects (best evaluated path 0.4 AP on the search split)",
+    ]

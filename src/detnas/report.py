@@ -50,12 +50,14 @@ def _supernet(out: Path) -> tuple[list[str], list[str]]:
         lines.append(f"| `{arch}` | {_pct(top1.get(arch))} | {_pct(m.get('AP'))} | {_pct(m.get('AP50'))} |")
     lines.append("")
     chance = (pre or {}).get("chance")
-    if chance is not None and top1 and max(top1.values()) < 2 * chance:
-        warnings.append(f"supernet pretraining is near chance (best path {_pct(max(top1.values()))}% top-1, "
+    best_top1 = max(top1.values(), default=None)
+    if chance is not None and best_top1 is not None and best_top1 < 2 * chance:
+        warnings.append(f"supernet pretraining is near chance (best path {_pct(best_top1)}% top-1, "
                         f"chance {_pct(chance)}%): the paths did not learn")
-    if maps and max(m["AP"] for m in maps.values()) < NEAR_ZERO_MAP:
-        warnings.append(f"the finetuned supernet barely detects (best evaluated path "
-                        f"{_pct(max(m['AP'] for m in maps.values()))} AP on the {ft.get('split', 'search')} split)")
+    best_ap = max((m["AP"] for m in maps.values()), default=None)
+    if best_ap is not None and best_ap < NEAR_ZERO_MAP:
+        warnings.append(f"the finetuned supernet barely detects (best evaluated path {_pct(best_ap)} AP on the "
+                        f"{ft.get('split', 'search')} split)")
     return lines, warnings
 
 

@@ -80,18 +80,18 @@ def pretrain_job(cfg: PretrainConfig, arch: Arch | None = None) -> Job:
         grow = (cfg.grow_iters, lambda model, batch: grow_choices(model, batch[0].to(next(model.parameters()).device)))
     return Job(
         PRETRAIN if arch is None else RETRAIN_PRETRAIN, model, train_set, None, loss,
-        arch_schedule(space, cfg, arch), final_eval,
+        arch_schedule(space, cfg, arch, cfg.grow_iters), final_eval,
         {"space": space_meta(cfg), "arch": arch and arch_to_str(arch), "classes": train_set.classes,
          "config": cfg.model_dump(mode="json")},
         grow=grow,
     )
 
 
-def arch_schedule(space: SearchSpace, cfg, arch: Arch | None):
-    """The path of each step: sampled for a supernet, always ``arch`` for a standalone network."""
+def arch_schedule(space: SearchSpace, cfg, arch: Arch | None, grow_iters: int = 0):
+    """The path of each step: sampled for a supernet (the ShuffleNetV2 path for the first ``grow_iters``
+    steps, see supernet_growth.py), always ``arch`` for a standalone network."""
     if arch is not None:
         return lambda step: arch
-    grow_iters = getattr(cfg, "grow_iters", 0)  # pretraining that grows the supernet out of choice 0
     baseline = (0,) * space.num_blocks
     return lambda step: baseline if step < grow_iters else path_for_step(space, cfg.seed, step, cfg.sampling)
 

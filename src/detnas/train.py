@@ -33,6 +33,7 @@ from detnas.runs import CHECKPOINT, METRICS_FILE, TRAINING_RESUMABLE, config_cha
 from detnas.space import Arch, SearchSpace, arch_to_str
 from detnas.train_log import TrainLog
 
+
 class TrainingDiverged(UserError, FloatingPointError):
     """The loss became NaN or infinite: a one-line error (a config problem, not a crash)."""
 
