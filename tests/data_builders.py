@@ -97,3 +97,48 @@ def make_image_folder(
         for i in range(per_class):
             write_image(root / name / f"{i}.png", size, size, seed=100 * c + i, mode=mode)
     return root
+
+
+# a retrained detector, as `detnas retrain` saves it (evaluate, export and predict read it)
+RETRAINED_ARCH = "21202112331300313132"  # COCO-FPN-300M: all four block choices, Small space
+RETRAINED_CLASSES = ["cat", "dog"]
+
+
+def retrained_detector_cfg(kind: str = "fpn"):
+    from detnas.detector import DetectorConfig
+
+    return DetectorConfig(kind=kind, fpn_channels=16, box_head_channels=32, min_size=64, max_size=96,
+                          rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=100, score_thresh=0.0)
+
+
+def make_retrained(path, kind: str = "fpn", classes=RETRAINED_CLASSES, stage: str = "retrain"):
+    """A retrained-detector checkpoint as ``detnas retrain`` writes it, with weights that give many
+    detections with distinct scores: BN statistics computed on random images (not the identity that
+    fresh BN layers hold) and RetinaNet's near-constant initial classification head randomised."""
+    import torch
+
+    from detnas.checkpoint import save_checkpoint
+    from detnas.detector import build_detector
+    from detnas.evaluate import detector_backbone_forward, recalibrate_bn
+    from detnas.space import get_space, parse_arch
+    from detnas.supernet import ShuffleNetBackbone
+
+    torch.manual_seed(0)
+    space = get_space("small")
+    cfg = retrained_detector_cfg(kind)
+    det = build_detector(ShuffleNetBackbone(space, parse_arch(RETRAINED_ARCH, space)), len(classes), cfg)
+    g = torch.Generator().manual_seed(1)
+    recalibrate_bn(det, detector_backbone_forward(det), [[torch.rand(3, 64, 80, generator=g) for _ in range(4)]
+                                                         for _ in range(4)])
+    if kind == "retinanet":
+        with torch.no_grad():
+            for m in det.head.modules():
+                if isinstance(m, torch.nn.Conv2d):
+                    m.weight.normal_(0, 0.05)
+    det.eval()
+    save_checkpoint(path, {
+        "stage": stage, "space": {"space": "small", "width_mult": 1.0}, "arch": RETRAINED_ARCH,
+        "classes": list(classes), "config": {"seed": 0, "detector": cfg.model_dump(mode="json")},
+        "model": det.state_dict(), "step": 7, "optimizer": {}, "rng": {},
+    })
+    return det

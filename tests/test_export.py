@@ -15,7 +15,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from typer.testing import CliRunner
 
 import detnas
-from data_builders import make_coco, make_voc
+from data_builders import RETRAINED_ARCH as ARCH, RETRAINED_CLASSES as CLASSES, make_coco, make_retrained, make_voc
+from data_builders import retrained_detector_cfg as tiny_cfg
 from detnas.checkpoint import load_checkpoint, save_checkpoint
 from detnas.cocoeval import format_metrics_table
 from detnas.cli import app as detnas_app
@@ -23,47 +24,13 @@ from detnas.data.coco import load_coco
 from detnas.data.transforms import DetectionTransform
 from detnas.detector import DetectorConfig, anchor_generator, build_detector, roi_pooler
 from detnas.errors import UserError
-from detnas.evaluate import detection_metrics, detector_backbone_forward, recalibrate_bn
+from detnas.evaluate import detection_metrics
 from detnas.export import OneImageDetector, export_model
 from detnas.inference import evaluate_detector
 from detnas.weights import load_trained_detector
 from detnas.space import get_space, parse_arch
 from detnas.supernet import ShuffleNetBackbone
 from detnas.configs import DetectionSource
-
-ARCH = "21202112331300313132"  # COCO-FPN-300M: all four block choices, Small space
-CLASSES = ["cat", "dog"]
-
-
-def tiny_cfg(kind: str) -> DetectorConfig:
-    return DetectorConfig(kind=kind, fpn_channels=16, box_head_channels=32, min_size=64, max_size=96,
-                          rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=100, score_thresh=0.0)
-
-
-def make_retrained(path, kind: str = "fpn", classes=CLASSES, stage: str = "retrain") -> torch.nn.Module:
-    """A retrained-detector checkpoint as ``detnas retrain`` writes it, with weights that give many
-    detections with distinct scores: BN statistics computed on random images (not the identity that
-    fresh BN layers hold) and RetinaNet's near-constant initial classification head randomised."""
-    torch.manual_seed(0)
-    space = get_space("small")
-    cfg = tiny_cfg(kind)
-    det = build_detector(ShuffleNetBackbone(space, parse_arch(ARCH, space)), len(classes), cfg)
-    g = torch.Generator().manual_seed(1)
-    recalibrate_bn(det, detector_backbone_forward(det), [[torch.rand(3, 64, 80, generator=g) for _ in range(4)]
-                                                         for _ in range(4)])
-    if kind == "retinanet":
-        with torch.no_grad():
-            for m in det.head.modules():
-                if isinstance(m, torch.nn.Conv2d):
-                    m.weight.normal_(0, 0.05)
-    det.eval()
-    save_checkpoint(path, {
-        "stage": stage, "space": {"space": "small", "width_mult": 1.0}, "arch": ARCH, "classes": list(classes),
-        "config": {"seed": 0, "detector": cfg.model_dump(mode="json")}, "model": det.state_dict(), "step": 7,
-        "optimizer": {}, "rng": {},
-    })
-    return det
-
 
 @pytest.fixture(scope="module")
 def retrained(tmp_path_factory):

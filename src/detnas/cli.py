@@ -268,6 +268,22 @@ def export_cmd(
         print(f"ONNX: whole detector, one image [3, H, W] in [0, 1]; exporter: {result['onnx_exporter']}")
 
 
+@app.command("predict")
+def predict_cmd(
+    checkpoint: CheckpointOpt,
+    source: Annotated[Path, typer.Argument(help="an image file, or a folder of images", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="folder for detections.json and the drawn images")],
+    score_thresh: Annotated[float, typer.Option(help="keep detections scoring at least this")] = 0.5,
+) -> None:
+    """Detect objects in images with a retrained detector: COCO-format detections.json and the images
+    with boxes, class names and scores drawn."""
+    from detnas.predict import DETECTIONS_FILE, run_predict
+
+    result = run_predict(checkpoint, source, out, score_thresh)
+    print(f"{result['detections']} detections (score >= {score_thresh:g}) on {result['images']} images: "
+          f"{out / DETECTIONS_FILE}, drawn images in {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     # Before torch is imported (the commands import it): OpenMP threads that spin while waiting make

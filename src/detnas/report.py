@@ -8,8 +8,13 @@ from pathlib import Path
 
 from detnas.atomic import write_text_atomic
 from detnas.fitness_check import NEAR_ZERO_MAP, read_warnings
-from detnas.runs import BEST_FILE, HISTORY_FILE, METRICS_FILE, REPORT_FILE, RESULT_FILE, retrain_dir
+from detnas.runs import (
+    BEST_FILE, CHECKPOINT, GALLERY_DIR, HISTORY_FILE, METRICS_FILE, REPORT_FILE, RESULT_FILE, RETRAIN_DETECTOR_DIR,
+    retrain_dir,
+)
 
+GALLERY_IMAGES = 3  # test images shown with the searched and the baseline detections
+GALLERY_SCORE = 0.3  # the gallery draws detections scoring at least this
 NAMES = {"searched": "DetNAS (evolution)", "random": "random search best", "baseline": "ShuffleNetV2 baseline"}
 
 
@@ -112,6 +117,34 @@ def _retrained(out: Path, seeds: int) -> list[str]:
     return lines
 
 
+def gallery(out: Path, test_source) -> list[str]:
+    """The first test images with the searched and the baseline detectors' detections side by side (the
+    drawn images go to ``gallery/``), as report lines; none when a retrained detector is missing."""
+    from detnas.data.sources import load_detection
+    from detnas.predict import detect, draw
+    from detnas.weights import load_trained_detector
+
+    names = ("searched", "baseline")
+    checkpoints = [retrain_dir(out, name, 0) / RETRAIN_DETECTOR_DIR / CHECKPOINT for name in names]
+    if test_source is None or not all(c.exists() for c in checkpoints):
+        return []
+    paths = [r.path for r in load_detection(test_source).records[:GALLERY_IMAGES]]
+    (out / GALLERY_DIR).mkdir(exist_ok=True)
+    cells = {path: [] for path in paths}
+    for name, checkpoint in zip(names, checkpoints):
+        detector, info = load_trained_detector(checkpoint)
+        for k, path in enumerate(paths):
+            image, found = detect(detector, info, path, GALLERY_SCORE)
+            target = f"{GALLERY_DIR}/{name}-{k}.png"
+            draw(image, found, info["classes"]).save(out / target)
+            cells[path].append(f"![{name}: {len(found['scores'])} detections]({target})")
+    lines = ["## Detections on test images", "",
+             f"Seed-0 retrained detectors, detections scoring at least {GALLERY_SCORE:g}.", "",
+             f"| image | {NAMES['searched']} | {NAMES['baseline']} |", "|---|---|---|"]
+    lines += [f"| {path.name} | {' | '.join(row)} |" for path, row in cells.items()]
+    return lines + [""]
+
+
 def write_report(out: Path, seconds: dict[str, float], cfg) -> Path:
     out = Path(out)
     lines = [
@@ -128,6 +161,7 @@ def write_report(out: Path, seconds: dict[str, float], cfg) -> Path:
         lines += ["## Warnings", "", "**The search result below should not be trusted:**", ""]
         lines += [f"- {w}" for w in warnings] + [""]
     lines += _retrained(out, cfg.retrain.seeds)
+    lines += gallery(out, cfg.detection.test)
     lines += supernet_lines
     best = _read(out / "search" / BEST_FILE)
     history = out / "search" / HISTORY_FILE

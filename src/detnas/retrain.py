@@ -15,7 +15,7 @@ from detnas.configs import RetrainConfig
 from detnas.distributed import is_main
 from detnas.errors import UserError
 from detnas.flops import arch_cost
-from detnas.runs import CHECKPOINT, METRICS_FILE, RESULT_FILE, is_finished
+from detnas.runs import CHECKPOINT, METRICS_FILE, RESULT_FILE, RETRAIN_DETECTOR_DIR, is_finished
 from detnas.space import Arch, arch_to_str, get_space
 from detnas.stages import finetune_job, pretrain_job, run_stage
 
@@ -39,7 +39,7 @@ def run_retrain(arch: Arch, cfg: RetrainConfig, out_dir: Path, resume: bool, pre
             run_stage(pretrain_job(pre_cfg, arch), pre_cfg, pre_dir, resume)
         init = pre_dir / CHECKPOINT
     det_cfg = cfg.model_copy(update={"init": init})
-    det_dir = out_dir / "detector"
+    det_dir = out_dir / RETRAIN_DETECTOR_DIR
     if resume and is_finished(det_dir):
         metrics = json.loads((det_dir / METRICS_FILE).read_text())
     else:

@@ -29,9 +29,11 @@ FITNESS_CHECK_FILE = "fitness_check.json"  # does the fitness separate the candi
 BEST_FILE = "best.json"  # written last
 # retraining
 RESULT_FILE = "result.json"  # written last
+RETRAIN_DETECTOR_DIR = "detector"  # the detector training, beside the optional "pretrain"
 # pipeline
 PIPELINE_FILE = "pipeline.json"
 REPORT_FILE = "report.md"
+GALLERY_DIR = "gallery"  # the report's images: searched and baseline detections on test images
 
 FINISHED_MARKERS = (METRICS_FILE, BEST_FILE, RESULT_FILE)
 
