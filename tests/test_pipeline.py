@@ -40,6 +40,7 @@ def tiny_pipeline_config(tmp: Path) -> Path:
         "fitness": {"recalib_images": 4, "batch_size": 4},
         "retrain": {"pretrain": {"iters": 2, "batch_size": 16, "lr": 0.03},
                     "train": {"iters": 2, "batch_size": 2, "lr": 0.01}, "seeds": 2},
+        "rank_check": {"archs": 4, "seeds": 2, "bootstrap": 100},
         "eval": {"recalib_images": 4, "archs": ["0" * 20], "batch_size": 4},
         "logging": {"progress": False, "log_every": 1, "checkpoint_every": 1},
     }
@@ -85,14 +86,15 @@ def test_pipeline_killed_during_search_resumes_and_reports(tmp_path):
         assert (run / stage / "metrics.json").stat().st_mtime_ns == mtime
     lines = out.splitlines()
     assert not any(line.startswith(("pretrain done", "finetune done")) for line in lines)  # skipped
-    assert sum(line.startswith("retrain-pretrain done") for line in lines) == 6  # searched, random, baseline x 2 seeds
+    # searched, random, baseline x 2 seeds, then the rank check's 4 architectures x 2 seeds
+    assert sum(line.startswith("retrain-pretrain done") for line in lines) == 6 + 8
     history = history_lines(run)
     assert len(history) == 12 and len({r["arch"] for r in history}) == 12
     assert len(history) > evaluated_before
     state = json.loads((run / "pipeline.json").read_text())
     assert {"pretrain", "finetune", "search (evolution)", "search (random)", "retrain (searched)",
             "retrain (random)", "retrain (baseline)", "retrain (searched, seed 1)", "retrain (random, seed 1)",
-            "retrain (baseline, seed 1)"} <= set(state["seconds"])
+            "retrain (baseline, seed 1)", "rank check"} <= set(state["seconds"])
 
     report = (run / "report.md").read_text()
     best = json.loads((run / "search" / "best.json").read_text())
@@ -106,6 +108,12 @@ def test_pipeline_killed_during_search_resumes_and_reports(tmp_path):
     assert json.loads((run / "retrain" / "searched" / "result.json").read_text())["arch"] == best["arch"]
     assert json.loads((run / "retrain" / "baseline" / "result.json").read_text())["arch"] == "0" * 20
     assert "search_pareto.png" in report and (run / "search" / "search_pareto.png").exists()
+    # the rank check starts from the searches' best and the baseline, and its result is in the report
+    checked = json.loads((run / "rank_check" / "rank_check.json").read_text())
+    random_best = json.loads((run / "random_search" / "best.json").read_text())["arch"]
+    included = list(dict.fromkeys([best["arch"], random_best, "0" * 20]))
+    assert [r["arch"] for r in checked["archs"]][: len(included)] == included and len(checked["archs"]) == 4
+    assert "## Rank check" in report and f"Kendall tau {checked['fitness_vs_standalone']['kendall_tau']:.2f}" in report
 
 
 def test_packaged_demo_config_is_valid_and_uses_the_demo_data(tmp_path):

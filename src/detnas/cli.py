@@ -166,6 +166,28 @@ def retrain(
     print(format_metrics_table(result["test"]))
 
 
+@app.command("rank-check")
+def rank_check(
+    config: Annotated[Path, typer.Option("--config", help="the pipeline's YAML config (its fitness, budget, retraining)")],
+    supernet: Annotated[Path, typer.Option("--supernet", help="finetuned supernet run folder (a pipeline's finetune/)")],
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    include: Annotated[Optional[list[str]], typer.Option(
+        "--include", help="an architecture to check first (digits, preset, best.json); repeatable")] = None,
+    archs: Annotated[Optional[int], typer.Option(help="architectures in all (default: rank_check.archs or 12)")] = None,
+    seeds: Annotated[Optional[int], typer.Option(help="standalone trainings per architecture (default 2)")] = None,
+) -> None:
+    """Does the supernet rank architectures as standalone training does? Kendall tau with its interval,
+    next to the seed-noise ceiling. Rerun with another --supernet and --resume to reuse the retrainings."""
+    from detnas.config import load_config
+    from detnas.configs import PipelineConfig
+    from detnas.rank_check import run_rank_check
+
+    overrides = {f"rank_check.{k}": v for k, v in {"archs": archs, "seeds": seeds}.items() if v is not None}
+    stage_cfg = load_config(config, PipelineConfig, overrides).rank_check_config(supernet, include or [])
+    run_rank_check(stage_cfg, out or Path("runs") / "rank-check", resume)
+
+
 @app.command()
 def pipeline(
     config: ConfigOpt,

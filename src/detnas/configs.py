@@ -259,6 +259,27 @@ class RetrainRecipe(StrictModel):
     seeds: int = Field(1, ge=1)
 
 
+class RankCheckRecipe(StrictModel):
+    """How many architectures the rank check retrains, and how its agreement is summarised."""
+
+    archs: int = Field(12, ge=3)  # in all: the included ones (searched, random best, baseline) and draws
+    seeds: int = Field(2, ge=1)  # standalone trainings per architecture; 2 gives the seed-noise ceiling
+    topk: int = Field(3, ge=1)  # the hit rate: how many of the fitness's k best are among the k truly best
+    bootstrap: int = Field(2000, ge=100)  # resamples of the architectures for tau's confidence interval
+
+
+class RankCheckStageConfig(StrictModel):
+    """``detnas rank-check``: a finetuned supernet, its fitness, the budget to draw architectures under
+    (the search's), and the retraining recipe they are trained alone with."""
+
+    supernet: Path  # the finetuning run folder
+    fitness: FitnessConfig = FitnessConfig()
+    search: SearchConfig = SearchConfig()  # its budget (FLOPs, params) and seed
+    retrain: RetrainConfig
+    rank_check: RankCheckRecipe = RankCheckRecipe()
+    include: list[str] = []  # architectures checked first (digits, presets, a search's best.json)
+
+
 class PipelineConfig(SpaceConfig):
     seed: int = 0
     classification: ClassificationData | None = None  # none: supernet without pretraining (DetNAS-scratch)
@@ -272,6 +293,8 @@ class PipelineConfig(SpaceConfig):
     random_search: bool = True  # the same budget drawn uniformly, for comparison
     retrain: RetrainRecipe
     baseline: bool = True  # retrain ShuffleNetV2 (all choices 0) of the same space too
+    # does the fitness rank like standalone training? (``detnas rank-check``; none = not run)
+    rank_check: RankCheckRecipe | None = None
     eval: EvalConfig = EvalConfig()
     logging: LoggingConfig = LoggingConfig()
 
@@ -310,3 +333,8 @@ class PipelineConfig(SpaceConfig):
         data = self.detection.model_copy(update={"holdout": self.detection.holdout.model_copy(update={"size": 0})})
         return RetrainConfig(**self.common(), data=data, detector=self.detector, train=self.retrain.train,
                              eval=self.eval, pretrain=pretrain)
+
+    def rank_check_config(self, finetune_dir: Path, include: list[str]) -> RankCheckStageConfig:
+        return RankCheckStageConfig(supernet=finetune_dir, fitness=self.fitness, search=self.search,
+                                    retrain=self.retrain_config(), rank_check=self.rank_check or RankCheckRecipe(),
+                                    include=include)

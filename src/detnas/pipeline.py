@@ -14,6 +14,7 @@ from pathlib import Path
 from detnas.atomic import write_json_atomic
 from detnas.configs import PipelineConfig
 from detnas.distributed import broadcast_object, is_main
+from detnas.rank_check import run_rank_check
 from detnas.report import write_report
 from detnas.retrain import run_retrain
 from detnas.runs import BEST_FILE, CHECKPOINT, PIPELINE_FILE, REPORT_FILE, is_finished, resume_point, retrain_dir
@@ -106,6 +107,11 @@ def run_pipeline(cfg: PipelineConfig, out: Path) -> Path:
             stages.run(f"retrain ({label})", is_finished(r_dir), r_dir,
                        lambda: run_retrain(arch(), seed_cfg, r_dir, resume=True,
                                            pretrain=seed_cfg.pretrain is not None))
+    if cfg.rank_check is not None:  # the searches' best and the baseline first, then draws
+        rc_dir = out / "rank_check"
+        include = [str(out / d / BEST_FILE) for d in ("search", "random_search") if (out / d).is_dir()]
+        rc_cfg = cfg.rank_check_config(ft_dir, include + (["0" * space.num_blocks] if cfg.baseline else []))
+        stages.run("rank check", is_finished(rc_dir), rc_dir, lambda: run_rank_check(rc_cfg, rc_dir, resume=True))
     if is_main():
         return write_report(out, stages.state["seconds"], cfg)
     return out / REPORT_FILE

@@ -9,7 +9,8 @@ from pathlib import Path
 from detnas.atomic import write_text_atomic
 from detnas.fitness_check import NEAR_ZERO_MAP, read_warnings
 from detnas.runs import (
-    BEST_FILE, CHECKPOINT, GALLERY_DIR, HISTORY_FILE, METRICS_FILE, REPORT_FILE, RESULT_FILE, RETRAIN_DETECTOR_DIR,
+    BEST_FILE, CHECKPOINT, GALLERY_DIR, HISTORY_FILE, METRICS_FILE, RANK_CHECK_FILE, REPORT_FILE, RESULT_FILE,
+    RETRAIN_DETECTOR_DIR,
     retrain_dir,
 )
 
@@ -145,6 +146,29 @@ def gallery(out: Path, test_source) -> list[str]:
     return lines + [""]
 
 
+def _rank_check(out: Path) -> list[str]:
+    """The rank check's agreement (tau with its interval, the seed-noise ceiling) and its table."""
+    summary = _read(out / "rank_check" / RANK_CHECK_FILE)
+    if summary is None:
+        return []
+    agree, ceiling = summary["fitness_vs_standalone"], summary["noise_ceiling"]
+    lo, hi = agree["kendall_tau_ci95"]
+    text = (f"Over {len(summary['archs'])} architectures, the search's fitness ranks them against their "
+            f"standalone test mAP with Kendall tau {agree['kendall_tau']:.2f} (95% bootstrap interval {lo:.2f} "
+            f"to {hi:.2f}), Spearman rho {agree['spearman_rho']:.2f}; {agree['topk_hit_rate'] * agree['topk']:.0f} "
+            f"of its top {agree['topk']} are among the standalone top {agree['topk']}.")
+    if ceiling is not None:
+        text += (f" Two seeds of standalone training agree with each other at tau {ceiling['kendall_tau']:.2f}: "
+                 "no fitness can rank better than that.")
+    lines = ["## Rank check: does the supernet rank like standalone training?", "", text, "",
+             "| architecture | supernet AP | standalone AP (seed mean) | per seed |", "|---|---:|---:|---|"]
+    for r in sorted(summary["archs"], key=lambda r: -r["supernet_map"]):
+        mark = " (included)" if r["arch"] in summary.get("included", []) else ""
+        seeds = " / ".join(_pct(v) for v in r["standalone_maps"])
+        lines.append(f"| `{r['arch']}`{mark} | {_pct(r['supernet_map'])} | {_pct(r['standalone_map'])} | {seeds} |")
+    return lines + ["", "![supernet mAP against standalone mAP](rank_check/rank_check.png)", ""]
+
+
 def write_report(out: Path, seconds: dict[str, float], cfg) -> Path:
     out = Path(out)
     lines = [
@@ -174,6 +198,7 @@ def write_report(out: Path, seconds: dict[str, float], cfg) -> Path:
             "![best and mean top-k mAP per generation](search/search_progress.png)", "",
             "![mAP against FLOPs, Pareto front marked](search/search_pareto.png)", "",
         ]
+    lines += _rank_check(out)
     lines += ["## Time per stage", "", "| stage | minutes |", "|---|---:|"]
     lines += [f"| {stage} | {s / 60:.1f} |" for stage, s in seconds.items()]
     lines += [f"| total | {sum(seconds.values()) / 60:.1f} |", ""]

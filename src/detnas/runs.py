@@ -2,7 +2,7 @@
 rule for "is this stage finished?" and "may this run resume with this config?".
 
 A stage writes its final file last (training ``metrics.json``, search ``best.json``, retraining
-``result.json``), so the presence of one of them means the stage finished with all its outputs.
+``result.json``, rank check ``rank_check.json``), so the presence of one of them means the stage finished with all its outputs.
 An interrupted stage resumes from its checkpoint (training) or search state (search), and only with a
 config that differs at most in the sections that do not change what is computed.
 """
@@ -30,12 +30,17 @@ BEST_FILE = "best.json"  # written last
 # retraining
 RESULT_FILE = "result.json"  # written last
 RETRAIN_DETECTOR_DIR = "detector"  # the detector training, beside the optional "pretrain"
+# rank check
+RANK_PLAN_FILE = "rank_plan.json"  # the architectures checked
+RANK_SCORES_FILE = "rank_scores.json"  # their supernet fitness, with what it was computed from
+RANK_CHECK_PNG = "rank_check.png"
+RANK_CHECK_FILE = "rank_check.json"  # written last
 # pipeline
 PIPELINE_FILE = "pipeline.json"
 REPORT_FILE = "report.md"
 GALLERY_DIR = "gallery"  # the report's images: searched and baseline detections on test images
 
-FINISHED_MARKERS = (METRICS_FILE, BEST_FILE, RESULT_FILE)
+FINISHED_MARKERS = (METRICS_FILE, BEST_FILE, RESULT_FILE, RANK_CHECK_FILE)
 
 # stage names, as saved in checkpoints
 PRETRAIN = "pretrain"  # supernet on classification data
