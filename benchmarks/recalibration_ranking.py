@@ -40,7 +40,7 @@ from _common import add_supernet_args, default_supernet, demo_settings, max_flop
 from detnas.data.detection import collate
 from detnas.cocoeval import coco_map
 from detnas.detector import extract_detector
-from detnas.evaluate import decoded_batches, detector_backbone_forward, predict, recalibrate_bn
+from detnas.evaluate import detector_backbone_forward, predict, recalibrate_bn, recalibration_batches
 from detnas.flops import arch_cost, sample_arch
 from detnas.configs import FitnessConfig
 from detnas.search_stage import SupernetEvaluator
@@ -89,7 +89,7 @@ def main() -> None:
         raise SystemExit(f"need {need} recalibration images, the training set (minus the split) has {len(train_set)}")
     t0 = time.perf_counter()
     # a seeded random sample, as the search draws its own; the sets below are disjoint slices of it
-    images = [im for b in decoded_batches(train_set, need, batch, collate, evaluator.cfg.seed) for im in b]
+    images = [im for b in recalibration_batches(train_set, need, batch, collate, evaluator.cfg.seed) for im in b]
     decode_s = time.perf_counter() - t0
 
     settings = []  # (label, mode, images, group)

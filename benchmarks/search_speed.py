@@ -35,7 +35,7 @@ import torch
 from detnas.cocoeval import coco_map
 from detnas.data.detection import collate
 from detnas.detector import extract_detector, set_path
-from detnas.evaluate import decoded_batches, detector_backbone_forward, predict, recalibrate_bn
+from detnas.evaluate import detector_backbone_forward, predict, recalibrate_bn, recalibration_batches
 from detnas.flops import sample_arch
 
 from _common import (
@@ -107,7 +107,7 @@ def per_candidate(args) -> None:
         extract_detector(evaluator.detector, arch, len(evaluator.classes), evaluator.detector_cfg)
         extract.append(time.perf_counter() - t)
     t = time.perf_counter()
-    decoded_batches(train_set, fitness.recalib_images, fitness.batch_size, collate)
+    recalibration_batches(train_set, fitness.recalib_images, fitness.batch_size, collate)
     decode_recalib = time.perf_counter() - t
     t = time.perf_counter()
     for i in range(len(evaluator.search_set)):

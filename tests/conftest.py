@@ -4,6 +4,9 @@ import os
 # Before torch is imported (see detnas/cli.py): spinning OpenMP threads crawl when the tests' own
 # subprocesses (torchrun workers, CLI runs) share the two cores with this process.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# data.workers "auto" means no DataLoader worker processes in tests (subprocesses inherit it): tests
+# that check workers set them explicitly
+os.environ["DETNAS_DATA_WORKERS"] = "0"
 
 import pytest  # noqa: E402
 

@@ -6,7 +6,7 @@ images would be one class, and a path's statistics from them make it look much w
 
 import torch
 
-from detnas.evaluate import decoded_batches
+from detnas.evaluate import recalibration_batches
 
 
 class Indexed(torch.utils.data.Dataset):
@@ -20,7 +20,7 @@ class Indexed(torch.utils.data.Dataset):
 
 
 def drawn(n, batch_size=4, seed=0):
-    return torch.cat([b.flatten() for b in decoded_batches(Indexed(), n, batch_size, seed=seed)]).tolist()
+    return torch.cat([b.flatten() for b in recalibration_batches(Indexed(), n, batch_size, seed=seed)]).tolist()
 
 
 def test_a_seeded_sample_without_repeats_across_classes():
@@ -32,5 +32,5 @@ def test_a_seeded_sample_without_repeats_across_classes():
 
 
 def test_batches_hold_the_batch_size_and_the_sample_is_capped_at_the_dataset():
-    assert [len(b) for b in decoded_batches(Indexed(), 10, 4)] == [4, 4, 2]
+    assert [len(b) for b in recalibration_batches(Indexed(), 10, 4)] == [4, 4, 2]
     assert sorted(drawn(500)) == list(range(100))

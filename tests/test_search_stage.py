@@ -214,14 +214,40 @@ def test_search_split_is_held_out_and_the_search_never_opens_a_test_image(supern
     assert opened <= set(train_json.values()) and not opened & set(test_json.values())
     assert set(split.values()) <= opened  # every candidate is scored on the whole split
 
-    # recalibration decodes training images (never the split), once; evaluation decodes the split only
-    with Opened() as at_start:
-        evaluator = SupernetEvaluator(supernet.run, FitnessConfig(**FITNESS))
-    assert len(at_start.names) == FITNESS["recalib_images"]
-    assert set(at_start.names) <= set(trained.values())
-    with Opened() as per_candidate:
-        evaluator(parse_arch(searched["history"][0]["arch"]))
-    assert sorted(per_candidate.names) == sorted(split.values())
+    # recalibration decodes training images (never the split); evaluation decodes the split only.
+    # Within the cache budget both are decoded once, at the start; without one, for every candidate.
+    arch = parse_arch(searched["history"][0]["arch"])
+    for cache_gb, decoded_at_start in ((2.0, True), (0.0, False)):
+        with Opened() as at_start:
+            evaluator = SupernetEvaluator(supernet.run, FitnessConfig(**FITNESS, cache_gb=cache_gb))
+        with Opened() as per_candidate:
+            evaluator(arch)
+        decoding, idle = (at_start, per_candidate) if decoded_at_start else (per_candidate, at_start)
+        n = FITNESS["recalib_images"]  # recalibration first, then the split
+        assert len(decoding.names) == n + HELD_OUT and idle.names == []
+        assert set(decoding.names[:n]) <= set(trained.values())
+        assert sorted(decoding.names[n:]) == sorted(split.values())
+
+
+def test_fitness_is_the_same_whether_images_are_cached_streamed_or_decoded_by_workers(supernet, searched):
+    """The cache budget and the DataLoader workers change where images are decoded, never a fitness;
+    what is kept stays within the budget."""
+    archs = [parse_arch(r["arch"]) for r in searched["history"][:2]]
+    image_bytes = 3 * 64 * 64 * 4  # a 64x64 float image
+    one_batch = 8 * image_bytes / 1e9  # room for the first recalibration batch only
+    results, cached = {}, {}
+    for name, cache_gb, workers in (("all cached", 2.0, 0), ("partly", one_batch * 1.2, 0), ("none", 0.0, 0),
+                                    ("none, 2 workers", 0.0, 2), ("partly, 2 workers", one_batch * 1.2, 2)):
+        evaluator = SupernetEvaluator(supernet.run, FitnessConfig(**FITNESS, cache_gb=cache_gb), workers)
+        assert evaluator.recalib.cached_bytes + evaluator.search_batches.cached_bytes <= cache_gb * 1e9
+        cached[name] = (len(evaluator.recalib.cached), len(evaluator.search_batches.cached))
+        results[name] = [{k: v for k, v in evaluator(a).items() if not k.startswith("seconds")} for a in archs]
+        assert len(list(evaluator.recalib)) == 2 and len(list(evaluator.search_batches)) == 2  # 12 and 16 images
+    assert cached == {"all cached": (2, 2), "partly": (1, 0), "none": (0, 0), "none, 2 workers": (0, 0),
+                      "partly, 2 workers": (1, 0)}
+    assert results["all cached"][0]["map"] > 0
+    for name in results:
+        assert results[name] == results["all cached"], name
 
 
 # ----------------------------------------------------------------------------- 3. workers and resume
@@ -424,7 +450,8 @@ def test_resume_refuses_other_fitness_settings_and_a_finished_search_evaluates_n
     with Opened() as opened:
         r = run_cli("search", "--config", searched["config"], "--out", out, "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert not opened.names[FITNESS["recalib_images"]:]  # only the evaluator's set-up decoded images
+    # only the evaluator's set-up decoded images (all of them fit its cache)
+    assert len(opened.names) == FITNESS["recalib_images"] + HELD_OUT
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".json", ".jsonl")} == before
 
 

@@ -8,12 +8,16 @@ Defaults follow the authors' recipes (SPEC sections 4 and 5) scaled down for sma
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from detnas.config import StrictModel
 from detnas.detector import DetectorConfig
+
+# DataLoader worker processes per training process; "auto" (the default): from the CPU count, see
+# data.loading.data_workers
+DataWorkers = Annotated[int, Field(ge=0)] | Literal["auto"]
 
 
 class SpaceConfig(StrictModel):
@@ -80,7 +84,7 @@ class ClassificationData(StrictModel):
     val: Path
     image_size: int = Field(32, ge=8)
     flip: bool = False
-    workers: int = Field(0, ge=0)
+    workers: DataWorkers = "auto"
 
 
 class DetectionSource(StrictModel):
@@ -113,7 +117,7 @@ class DetectionData(StrictModel):
     test: DetectionSource | None = None
     holdout: HoldoutConfig = HoldoutConfig()
     flip: bool = True
-    workers: int = Field(0, ge=0)
+    workers: DataWorkers = "auto"
 
 
 class RecalibConfig(StrictModel):
@@ -122,6 +126,9 @@ class RecalibConfig(StrictModel):
     recalib_images: int = Field(256, ge=0)  # training images used to recompute a path's BN statistics
     recalib_mode: Literal["cumulative", "ema"] = "cumulative"
     batch_size: int = Field(16, ge=1)
+    # decoded images (recalibration and evaluation sets together) kept in memory up to this many GB;
+    # the rest are decoded again for every path. Does not change any result.
+    cache_gb: float = Field(2.0, ge=0)
 
 
 class EvalConfig(RecalibConfig):
@@ -248,6 +255,7 @@ class SearchStageConfig(StrictModel):
     supernet: Path  # the finetuning run folder (checkpoint.pt and search_split.json)
     search: SearchConfig = SearchConfig()
     fitness: FitnessConfig = FitnessConfig()
+    workers: DataWorkers = "auto"  # DataLoader workers decoding the recalibration and search images
     progress: bool = True
 
 
@@ -321,7 +329,7 @@ class PipelineConfig(SpaceConfig):
     def search_config(self, finetune_dir: Path, strategy: str) -> SearchStageConfig:
         return SearchStageConfig(
             supernet=finetune_dir, search=self.search.model_copy(update={"strategy": strategy}),
-            fitness=self.fitness, progress=self.logging.progress,
+            fitness=self.fitness, workers=self.detection.workers, progress=self.logging.progress,
         )
 
     def retrain_config(self) -> RetrainConfig:

@@ -7,6 +7,7 @@ an *extracted* standalone network, which leaves the supernet untouched and runs 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Literal
@@ -16,6 +17,7 @@ from torch import nn
 
 from detnas.cocoeval import coco_map, detections_from_outputs
 from detnas.data.detection import DetectionDataset, collate
+from detnas.data.loading import CachedBatches, loader_options
 
 RecalibMode = Literal["cumulative", "ema"]
 
@@ -62,17 +64,22 @@ def detector_backbone_forward(detector: nn.Module):
 
 
 @torch.no_grad()
-def predict(detector: nn.Module, dataset: DetectionDataset, batch_size: int = 16, workers: int = 0) -> list[dict]:
-    """COCO-format detections of ``detector`` on ``dataset``, in original image pixels."""
+def predict_batches(detector: nn.Module, batches: Iterable) -> list[dict]:
+    """COCO-format detections of ``detector`` on (images, targets) batches, in original image pixels."""
     detector.eval()
     device = next(detector.parameters()).device
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate, generator=torch.Generator()
-    )
     detections = []
-    for images, targets in loader:
-        detections += detections_from_outputs(detector([im.to(device) for im in images]), targets)
+    for images, targets in batches:
+        detections += detections_from_outputs(detector([im.to(device, non_blocking=True) for im in images]), targets)
     return detections
+
+
+def predict(detector: nn.Module, dataset: DetectionDataset, batch_size: int = 16, workers: int = 0) -> list[dict]:
+    """COCO-format detections of ``detector`` on ``dataset``, in original image pixels."""
+    device = next(detector.parameters()).device
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate,
+                                         **loader_options(workers, device))
+    return predict_batches(detector, loader)
 
 
 def detection_metrics(
@@ -95,9 +102,11 @@ def classification_top1(model: nn.Module, loader: Iterable, arch=None) -> float:
     return correct / max(total, 1)
 
 
-def decoded_batches(dataset, n_images: int, batch_size: int, collate_fn=None, seed: int = 0) -> list:
-    """``n_images`` drawn at random (seeded, without replacement) from ``dataset`` with its transform,
-    decoded once and kept in memory, so that recalibrating many paths does not decode them again.
+def recalibration_batches(dataset, n_images: int, batch_size: int, collate_fn=None, seed: int = 0,
+                          workers: int = 0, budget_bytes: float = math.inf, device=None) -> CachedBatches:
+    """The image batches of ``n_images`` drawn at random (seeded, without replacement) from ``dataset``
+    with its transform, kept decoded in memory while they fit ``budget_bytes`` (see ``CachedBatches``),
+    so that recalibrating many paths does not decode them again.
 
     A random draw, not the first images: datasets are often ordered (an ImageFolder by class), and
     BN statistics of one class make every path look worse than it is.
@@ -105,17 +114,16 @@ def decoded_batches(dataset, n_images: int, batch_size: int, collate_fn=None, se
     n = min(n_images, len(dataset))
     chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     subset = torch.utils.data.Subset(dataset, chosen.tolist())
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate_fn,
-                                         generator=torch.Generator())
-    return [batch[0] for batch in loader]
+    return CachedBatches(subset, batch_size, collate_fn, workers, budget_bytes, device, keep=lambda batch: batch[0])
 
 
 def evaluate_detection_path(
-    supernet_detector: nn.Module, arch, num_classes: int, detector_cfg, recalib: list, eval_set: DetectionDataset,
-    gt: dict | None = None, mode: RecalibMode = "cumulative", batch_size: int = 16,
+    supernet_detector: nn.Module, arch, num_classes: int, detector_cfg, recalib: Iterable, eval_batches: Iterable,
+    gt: dict, mode: RecalibMode = "cumulative",
 ) -> dict[str, float]:
     """mAP of one path: extract it, recalibrate its BN on ``recalib`` image batches, evaluate on
-    ``eval_set``. Also returns the seconds spent in each phase."""
+    ``eval_batches`` ((images, targets) batches of the set whose ground truth is ``gt``). Also returns
+    the seconds spent in each phase."""
     from detnas.detector import extract_detector
 
     t0 = time.perf_counter()
@@ -123,14 +131,14 @@ def evaluate_detection_path(
     sub = extract_detector(supernet_detector, arch, num_classes, detector_cfg).to(device)
     recalibrate_bn(sub, detector_backbone_forward(sub), recalib, mode)
     t1 = time.perf_counter()
-    detections = predict(sub, eval_set, batch_size)
+    detections = predict_batches(sub, eval_batches)
     t2 = time.perf_counter()
-    metrics = coco_map(gt if gt is not None else eval_set.to_coco(), detections)
+    metrics = coco_map(gt, detections)
     t3 = time.perf_counter()
     return {**metrics, "seconds_recalib": t1 - t0, "seconds_inference": t2 - t1, "seconds_cocoeval": t3 - t2}
 
 
-def evaluate_classification_path(supernet: nn.Module, arch, recalib: list, val_loader,
+def evaluate_classification_path(supernet: nn.Module, arch, recalib: Iterable, val_loader,
                                  mode: RecalibMode = "cumulative") -> float:
     """Top-1 of one path of a classification supernet after BN recalibration."""
     device = next(supernet.parameters()).device

@@ -43,6 +43,7 @@ def evaluate_detector(
     (no flip). ``device`` defaults to CUDA when available, else the CPU."""
     from detnas.data.sources import image_dir_of, load_detection
     from detnas.data.transforms import DetectionTransform
+    from detnas.data.loading import data_workers
     from detnas.evaluate import detection_metrics
 
     if batch_size < 1:
@@ -54,4 +55,4 @@ def evaluate_detector(
         raise UserError(f"no images to evaluate (image folder {image_dir_of(source)})", data_path)
     gt = _gt_in_checkpoint_labels(dataset, info["classes"], data_path)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    return detection_metrics(detector.to(device), dataset, batch_size, gt=gt)
+    return detection_metrics(detector.to(device), dataset, batch_size, data_workers(), gt)

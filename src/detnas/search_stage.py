@@ -1,7 +1,8 @@
 """Stage 3: search the finetuned detection supernet for the path with the best mAP on the search split.
 
-Every worker loads the supernet once and keeps it in memory; the recalibration images are decoded
-once and kept too. Per candidate we extract the standalone detector of the path (a cheap copy of
+Every worker loads the supernet once and keeps it in memory; the recalibration images and the search
+split are decoded once and kept too, as far as ``fitness.cache_gb`` allows (the rest stream through
+DataLoader workers for every candidate, with the same results). Per candidate we extract the standalone detector of the path (a cheap copy of
 the path's weights, never the whole supernet), recalibrate its BN, and evaluate on the held-out
 split that finetuning wrote. The test split is never read here.
 """
@@ -16,13 +17,14 @@ from detnas.checkpoint import load_checkpoint
 from detnas.configs import FinetuneConfig, FitnessConfig, SearchStageConfig
 from detnas.data.coco import load_coco
 from detnas.data.detection import collate
+from detnas.data.loading import CachedBatches, Workers, data_workers
 from detnas.data.sources import image_dir_of, load_detection
 from detnas.data.transforms import DetectionTransform
 from detnas.detector import DetectorConfig, build_detector
 from detnas.digest import file_sha256
 from detnas.distributed import init_distributed
 from detnas.errors import UserError
-from detnas.evaluate import decoded_batches, evaluate_detection_path
+from detnas.evaluate import evaluate_detection_path, recalibration_batches
 from detnas.fitness_check import check_fitness, checked_count, write_check
 from detnas.runs import CHECKPOINT, FINETUNE, SPLIT_FILE
 from detnas.search import SearchResult, run_search
@@ -33,7 +35,7 @@ from detnas.supernet import ShuffleNetBackbone
 class SupernetEvaluator:
     """``evaluate(arch) -> {"map", "ap50", timings...}`` for one finetuned supernet run."""
 
-    def __init__(self, finetune_dir: Path, fitness: FitnessConfig):
+    def __init__(self, finetune_dir: Path, fitness: FitnessConfig, workers: Workers = "auto"):
         finetune_dir = self.finetune_dir = Path(finetune_dir)
         state = load_checkpoint(finetune_dir / CHECKPOINT, FINETUNE)
         if state["step"] < state["config"]["train"]["iters"]:
@@ -63,15 +65,23 @@ class SupernetEvaluator:
         held = set(self.search_set.image_ids)
         train = train.subset([i for i, image_id in enumerate(train.image_ids) if image_id not in held])
         self.recalib_train = train
-        self.recalib = decoded_batches(train, fitness.recalib_images, fitness.batch_size, collate, self.cfg.seed)
         self.fitness = fitness
+        self.workers = data_workers(workers)
+        budget = fitness.cache_gb * 1e9
+        self.recalib = self._recalibration_batches(self.cfg.seed, budget)
+        self.search_batches = CachedBatches(self.search_set, fitness.batch_size, collate, self.workers,
+                                            budget - self.recalib.cached_bytes, self.device)
+
+    def _recalibration_batches(self, seed: int, budget: float) -> CachedBatches:
+        return recalibration_batches(self.recalib_train, self.fitness.recalib_images, self.fitness.batch_size,
+                                     collate, seed, self.workers, budget, self.device)
 
     def with_recalib_seed(self, seed: int) -> SupernetEvaluator:
         """The same evaluator with BN statistics recalibrated on another random sample of training
-        images: the spread between the two measures the fitness's own noise."""
+        images: the spread between the two measures the fitness's own noise. It streams them: the
+        budget is spent on this evaluator's cache."""
         other = copy.copy(self)
-        other.recalib = decoded_batches(self.recalib_train, self.fitness.recalib_images, self.fitness.batch_size,
-                                        collate, seed)
+        other.recalib = self._recalibration_batches(seed, 0)
         return other
 
     def identity(self) -> dict:
@@ -79,18 +89,18 @@ class SupernetEvaluator:
         fitness settings (not the folder's path, so a moved run can still be resumed)."""
         return {"checkpoint_sha256": file_sha256(self.finetune_dir / CHECKPOINT),
                 "search_split_sha256": file_sha256(self.finetune_dir / SPLIT_FILE),
-                "fitness": self.fitness.model_dump(mode="json")}
+                "fitness": self.fitness.model_dump(mode="json", exclude={"cache_gb"})}
 
     def __call__(self, arch) -> dict:
         m = evaluate_detection_path(
-            self.detector, arch, len(self.classes), self.detector_cfg, self.recalib, self.search_set, self.gt,
-            self.fitness.recalib_mode, self.fitness.batch_size,
+            self.detector, arch, len(self.classes), self.detector_cfg, self.recalib, self.search_batches, self.gt,
+            self.fitness.recalib_mode,
         )
         return {"map": m["AP"], "ap50": m["AP50"], **{k: v for k, v in m.items() if k.startswith("seconds_")}}
 
 
 def run_search_stage(cfg: SearchStageConfig, out_dir: Path, resume: bool) -> SearchResult:
-    evaluator = SupernetEvaluator(cfg.supernet, cfg.fitness)
+    evaluator = SupernetEvaluator(cfg.supernet, cfg.fitness, cfg.workers)
 
     def fitness_check(history: list[dict]) -> None:
         if checked_count(out_dir) == len(history):  # a finished search resumed: already checked

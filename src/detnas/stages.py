@@ -17,8 +17,10 @@ from detnas.data.sources import load_detection, load_training_set
 from detnas.data.transforms import DetectionTransform
 from detnas.detector import build_detector, set_path
 from detnas.errors import UserError
+from detnas.data.loading import CachedBatches, data_workers
 from detnas.evaluate import (
-    classification_top1, decoded_batches, detection_metrics, evaluate_classification_path, evaluate_detection_path,
+    classification_top1, detection_metrics, evaluate_classification_path, evaluate_detection_path,
+    recalibration_batches,
 )
 from detnas.runs import FINETUNE, PRETRAIN, RETRAIN, RETRAIN_PRETRAIN, SPLIT_FILE
 from detnas.search_split import carve_holdout
@@ -65,10 +67,14 @@ def pretrain_job(cfg: PretrainConfig, arch: Arch | None = None) -> Job:
         return F.cross_entropy(logits, y.to(device), label_smoothing=cfg.label_smoothing), len(y)
 
     def final_eval(model) -> dict:
-        val = torch.utils.data.DataLoader(val_set, batch_size=cfg.eval.batch_size * 4)
+        loading = eval_loading(cfg, model)
         if arch is not None:  # a standalone network has its own BN statistics: no recalibration
+            val = CachedBatches(val_set, cfg.eval.batch_size * 4, None, loading["workers"], 0, loading["device"])
             return {"top1": {arch_to_str(arch): classification_top1(model, val)}}
-        recalib = decoded_batches(train_set, cfg.eval.recalib_images, cfg.eval.batch_size, seed=cfg.seed)
+        recalib = recalibration_batches(train_set, cfg.eval.recalib_images, cfg.eval.batch_size, seed=cfg.seed,
+                                        **loading)
+        loading["budget_bytes"] -= recalib.cached_bytes
+        val = CachedBatches(val_set, cfg.eval.batch_size * 4, None, **loading)
         top1 = {
             arch_to_str(a): evaluate_classification_path(model, a, recalib, val, cfg.eval.recalib_mode)
             for a in eval_archs(space, cfg.eval, cfg.seed, cfg.sampling)
@@ -142,13 +148,18 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None) -
         if eval_set is None:
             return {}
         eval_set = eval_set.with_transform(DetectionTransform(det.min_size, det.max_size, flip=False))
-        recalib = decoded_batches(train_set, cfg.eval.recalib_images, cfg.eval.batch_size, collate, cfg.seed)
         gt = eval_set.to_coco()
+        loading = eval_loading(cfg, model)
         if arch is not None:  # a standalone network has its own BN statistics: no recalibration
-            return {"split": "test", "metrics": detection_metrics(model, eval_set, cfg.eval.batch_size, gt=gt)}
+            return {"split": "test",
+                    "metrics": detection_metrics(model, eval_set, cfg.eval.batch_size, loading["workers"], gt)}
+        recalib = recalibration_batches(train_set, cfg.eval.recalib_images, cfg.eval.batch_size, collate, cfg.seed,
+                                        **loading)
+        loading["budget_bytes"] -= recalib.cached_bytes
+        eval_batches = CachedBatches(eval_set, cfg.eval.batch_size, collate, **loading)
         results = {
-            arch_to_str(a): evaluate_detection_path(model, a, num_classes, det, recalib, eval_set, gt,
-                                                    cfg.eval.recalib_mode, cfg.eval.batch_size)
+            arch_to_str(a): evaluate_detection_path(model, a, num_classes, det, recalib, eval_batches, gt,
+                                                    cfg.eval.recalib_mode)
             for a in eval_archs(space, cfg.eval, cfg.seed, cfg.sampling)
         }
         return {"split": "search" if holdout is not None else "test", "map": results}
@@ -163,8 +174,15 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None) -
     )
 
 
+def eval_loading(cfg, model: torch.nn.Module) -> dict:
+    """How the end-of-training evaluation loads its images: the stage's data workers, its cache
+    budget, and the model's device (pinned memory on CUDA)."""
+    return {"workers": data_workers(cfg.data.workers), "budget_bytes": cfg.eval.cache_gb * 1e9,
+            "device": next(model.parameters()).device}
+
+
 def run_stage(job: Job, cfg, run_dir: Path, resume: bool) -> dict:
     """Run a job with the schedule, seed, data workers and logging of its stage config."""
-    return run_training(job, cfg.train, cfg.seed, run_dir, resume, workers=cfg.data.workers,
+    return run_training(job, cfg.train, cfg.seed, run_dir, resume, workers=data_workers(cfg.data.workers),
                         log_every=cfg.logging.log_every, checkpoint_every=cfg.logging.checkpoint_every,
                         progress=cfg.logging.progress)
