@@ -27,6 +27,7 @@ import detnas.data.detection as detection_module
 from cli_checks import ENV, TORCHRUN, one_line_error
 from cli_checks import run_detnas as cli
 from cli_checks import run_here as run_cli
+from detnas.amp import autocast
 from detnas.configs import FinetuneConfig, FitnessConfig
 from detnas.data import build_demo_data
 from detnas.detector import extract_detector
@@ -248,6 +249,26 @@ def test_fitness_is_the_same_whether_images_are_cached_streamed_or_decoded_by_wo
     assert results["all cached"][0]["map"] > 0
     for name in results:
         assert results[name] == results["all cached"], name
+
+
+def test_bf16_fitness_runs_recalibrates_in_float32_and_is_part_of_the_search_identity(supernet, searched):
+    """This barely trained supernet scores near 0 mAP, so its fitness cannot show how close bf16 is
+    (tests/test_amp.py does, on the detector's outputs); here: it runs, is finite, recalibrated BN
+    statistics stay float32 and close to float32's, and a search cannot resume in another precision."""
+    arch = parse_arch(searched["history"][0]["arch"])
+    fp32 = SupernetEvaluator(supernet.run, FitnessConfig(**FITNESS))
+    bf16 = SupernetEvaluator(supernet.run, FitnessConfig(**FITNESS), amp="bf16")
+    assert 0 <= bf16(arch)["map"] <= 1
+    stems = []
+    for mode in ("off", "bf16"):
+        sub = extract_detector(fp32.detector, arch, len(fp32.classes), fp32.detector_cfg)
+        with autocast(mode, "cpu"):
+            recalibrate_bn(sub, detector_backbone_forward(sub), fp32.recalib, "cumulative")
+        stems.append(sub.backbone.body.stem[1])
+    assert stems[1].running_mean.dtype == stems[1].running_var.dtype == torch.float32
+    torch.testing.assert_close(stems[1].running_mean, stems[0].running_mean, rtol=0.02, atol=1e-3)
+    torch.testing.assert_close(stems[1].running_var, stems[0].running_var, rtol=0.02, atol=1e-3)
+    assert "amp" not in fp32.identity() and bf16.identity()["amp"] == "bf16"
 
 
 # ----------------------------------------------------------------------------- 3. workers and resume

@@ -115,7 +115,8 @@ def train(stage: str, cfg: dict, out: Path, resume: bool = False, stop_after: in
 
         job.loss = loss
     result = run_training(job, c.train, c.seed, out, resume, log_every=c.logging.log_every,
-                          checkpoint_every=c.logging.checkpoint_every, progress=False, stop_after=stop_after)
+                          checkpoint_every=c.logging.checkpoint_every, progress=False, stop_after=stop_after,
+                          amp=c.amp)
     return job, result
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from detnas.amp import AmpSetting
 from detnas.config import StrictModel
 from detnas.detector import DetectorConfig
 
@@ -169,6 +170,7 @@ class ClassificationRecipe(PretrainRecipe):
 
 class PretrainConfig(SpaceConfig, ClassificationRecipe):
     seed: int = 0
+    amp: AmpSetting = "auto"  # mixed precision: auto (bf16 on GPUs that have it, else off), off, bf16, fp16
     sampling: SamplingConfig = SamplingConfig()
     logging: LoggingConfig = LoggingConfig()
     eval: EvalConfig = EvalConfig()
@@ -176,6 +178,7 @@ class PretrainConfig(SpaceConfig, ClassificationRecipe):
 
 class FinetuneConfig(SpaceConfig):
     seed: int = 0
+    amp: AmpSetting = "auto"
     init: Path | None = None  # a pretraining checkpoint (its backbone weights); none = from scratch
     data: DetectionData
     detector: DetectorConfig = DetectorConfig()
@@ -209,7 +212,7 @@ class RetrainConfig(FinetuneConfig):
     def pretrain_config(self) -> PretrainConfig:
         """The standalone network's classification pretraining, as a stage config of its own."""
         return PretrainConfig(
-            space=self.space, width_mult=self.width_mult, seed=self.seed, logging=self.logging,
+            space=self.space, width_mult=self.width_mult, seed=self.seed, amp=self.amp, logging=self.logging,
             eval=self.eval, **dict(self.pretrain),
         )
 
@@ -256,6 +259,7 @@ class SearchStageConfig(StrictModel):
     search: SearchConfig = SearchConfig()
     fitness: FitnessConfig = FitnessConfig()
     workers: DataWorkers = "auto"  # DataLoader workers decoding the recalibration and search images
+    amp: AmpSetting = "auto"  # of recalibration and inference
     progress: bool = True
 
 
@@ -290,6 +294,7 @@ class RankCheckStageConfig(StrictModel):
 
 class PipelineConfig(SpaceConfig):
     seed: int = 0
+    amp: AmpSetting = "auto"  # every stage's
     classification: ClassificationData | None = None  # none: supernet without pretraining (DetNAS-scratch)
     detection: DetectionData
     detector: DetectorConfig = DetectorConfig()
@@ -314,7 +319,8 @@ class PipelineConfig(SpaceConfig):
         return self
 
     def common(self) -> dict:
-        return {"space": self.space, "width_mult": self.width_mult, "seed": self.seed, "logging": self.logging}
+        return {"space": self.space, "width_mult": self.width_mult, "seed": self.seed, "amp": self.amp,
+                "logging": self.logging}
 
     def pretrain_config(self) -> PretrainConfig | None:
         if self.pretrain is None or self.classification is None:
@@ -329,7 +335,7 @@ class PipelineConfig(SpaceConfig):
     def search_config(self, finetune_dir: Path, strategy: str) -> SearchStageConfig:
         return SearchStageConfig(
             supernet=finetune_dir, search=self.search.model_copy(update={"strategy": strategy}),
-            fitness=self.fitness, workers=self.detection.workers, progress=self.logging.progress,
+            fitness=self.fitness, workers=self.detection.workers, amp=self.amp, progress=self.logging.progress,
         )
 
     def retrain_config(self) -> RetrainConfig:

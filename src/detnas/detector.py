@@ -19,6 +19,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
+from detnas.amp import float32_outputs
 from detnas.config import StrictModel
 from detnas.space import Arch
 from detnas.supernet import ShuffleNetBackbone, supernet_key_to_subnet
@@ -107,7 +108,7 @@ def build_detector(body: ShuffleNetBackbone, num_classes: int, cfg: DetectorConf
     backbone = BackboneWithFPN(body, cfg.kind, cfg.fpn_channels)
     common = dict(min_size=cfg.min_size, max_size=cfg.max_size)
     if cfg.kind == "fpn":
-        return FasterRCNN(
+        faster_rcnn = FasterRCNN(
             backbone,
             rpn_anchor_generator=anchor_generator(cfg),
             box_roi_pool=roi_pooler(cfg),
@@ -122,6 +123,9 @@ def build_detector(body: ShuffleNetBackbone, num_classes: int, cfg: DetectorConf
             box_score_thresh=cfg.score_thresh,
             **common,
         )
+        # mixed precision: features and head outputs leave in float32 (see amp.py)
+        float32_outputs(faster_rcnn.backbone, faster_rcnn.rpn.head, faster_rcnn.roi_heads.box_predictor)
+        return faster_rcnn
     retinanet = RetinaNet(
         backbone,
         num_classes=num_classes + 1,
@@ -131,6 +135,7 @@ def build_detector(body: ShuffleNetBackbone, num_classes: int, cfg: DetectorConf
         **common,
     )
     silence_background(retinanet)
+    float32_outputs(retinanet.backbone, retinanet.head)
     return retinanet
 
 

@@ -41,9 +41,9 @@ def evaluate_detector(
     score) of a retrained detector loaded with ``weights.load_trained_detector`` (and its ``info``) on
     ``source`` (a ``configs.DetectionSource``), with the evaluation transform of its detector config
     (no flip). ``device`` defaults to CUDA when available, else the CPU."""
+    from detnas.data.loading import data_workers
     from detnas.data.sources import image_dir_of, load_detection
     from detnas.data.transforms import DetectionTransform
-    from detnas.data.loading import data_workers
     from detnas.evaluate import detection_metrics
 
     if batch_size < 1:

@@ -51,8 +51,9 @@ SUPERNET_STAGES = (PRETRAIN, FINETUNE)
 CLASSIFICATION_STAGES = (PRETRAIN, RETRAIN_PRETRAIN)
 
 # config keys that may change between an interrupted run and its resumption: they do not change the
-# trained weights (training) or the fitnesses and candidates (search)
-TRAINING_RESUMABLE = ("logging", "eval", "data.workers")
+# trained weights (training) or the fitnesses and candidates (search). For ``amp`` the precision it
+# resolves to on this machine is what counts: the training loop checks it against the checkpoint's.
+TRAINING_RESUMABLE = ("logging", "eval", "data.workers", "amp")
 SEARCH_RESUMABLE = ("generations",)
 
 

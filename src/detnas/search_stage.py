@@ -13,6 +13,7 @@ import copy
 import sys
 from pathlib import Path
 
+from detnas.amp import AmpSetting, autocast, resolve_amp
 from detnas.checkpoint import load_checkpoint
 from detnas.configs import FinetuneConfig, FitnessConfig, SearchStageConfig
 from detnas.data.coco import load_coco
@@ -35,7 +36,8 @@ from detnas.supernet import ShuffleNetBackbone
 class SupernetEvaluator:
     """``evaluate(arch) -> {"map", "ap50", timings...}`` for one finetuned supernet run."""
 
-    def __init__(self, finetune_dir: Path, fitness: FitnessConfig, workers: Workers = "auto"):
+    def __init__(self, finetune_dir: Path, fitness: FitnessConfig, workers: Workers = "auto",
+                 amp: AmpSetting = "auto"):
         finetune_dir = self.finetune_dir = Path(finetune_dir)
         state = load_checkpoint(finetune_dir / CHECKPOINT, FINETUNE)
         if state["step"] < state["config"]["train"]["iters"]:
@@ -49,6 +51,7 @@ class SupernetEvaluator:
         self.detector_cfg: DetectorConfig = self.cfg.detector
         self.classes = state["classes"]
         self.device = init_distributed().device
+        self.amp = resolve_amp(amp, self.device)
         detector = build_detector(ShuffleNetBackbone(self.space), len(self.classes), self.detector_cfg)
         detector.load_state_dict(state["model"])
         self.detector = detector.to(self.device).eval()
@@ -87,20 +90,23 @@ class SupernetEvaluator:
     def identity(self) -> dict:
         """What a candidate's fitness depends on: the supernet's weights, the search split and the
         fitness settings (not the folder's path, so a moved run can still be resumed)."""
-        return {"checkpoint_sha256": file_sha256(self.finetune_dir / CHECKPOINT),
-                "search_split_sha256": file_sha256(self.finetune_dir / SPLIT_FILE),
-                "fitness": self.fitness.model_dump(mode="json", exclude={"cache_gb"})}
+        found = {"checkpoint_sha256": file_sha256(self.finetune_dir / CHECKPOINT),
+                 "search_split_sha256": file_sha256(self.finetune_dir / SPLIT_FILE),
+                 "fitness": self.fitness.model_dump(mode="json", exclude={"cache_gb"})}
+        # float32 adds no key, so that searches started before mixed precision existed still resume
+        return found if self.amp == "off" else {**found, "amp": self.amp}
 
     def __call__(self, arch) -> dict:
-        m = evaluate_detection_path(
-            self.detector, arch, len(self.classes), self.detector_cfg, self.recalib, self.search_batches, self.gt,
-            self.fitness.recalib_mode,
-        )
+        with autocast(self.amp, self.device):
+            m = evaluate_detection_path(
+                self.detector, arch, len(self.classes), self.detector_cfg, self.recalib, self.search_batches, self.gt,
+                self.fitness.recalib_mode,
+            )
         return {"map": m["AP"], "ap50": m["AP50"], **{k: v for k, v in m.items() if k.startswith("seconds_")}}
 
 
 def run_search_stage(cfg: SearchStageConfig, out_dir: Path, resume: bool) -> SearchResult:
-    evaluator = SupernetEvaluator(cfg.supernet, cfg.fitness, cfg.workers)
+    evaluator = SupernetEvaluator(cfg.supernet, cfg.fitness, cfg.workers, cfg.amp)
 
     def fitness_check(history: list[dict]) -> None:
         if checked_count(out_dir) == len(history):  # a finished search resumed: already checked

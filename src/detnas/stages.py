@@ -64,7 +64,7 @@ def pretrain_job(cfg: PretrainConfig, arch: Arch | None = None) -> Job:
     def loss(model, batch, arch, device):
         x, y = batch
         logits = model.classify(x.to(device, non_blocking=True), arch)
-        return F.cross_entropy(logits, y.to(device), label_smoothing=cfg.label_smoothing), len(y)
+        return F.cross_entropy(logits.float(), y.to(device), label_smoothing=cfg.label_smoothing), len(y)
 
     def final_eval(model) -> dict:
         loading = eval_loading(cfg, model)
@@ -182,7 +182,7 @@ def eval_loading(cfg, model: torch.nn.Module) -> dict:
 
 
 def run_stage(job: Job, cfg, run_dir: Path, resume: bool) -> dict:
-    """Run a job with the schedule, seed, data workers and logging of its stage config."""
-    return run_training(job, cfg.train, cfg.seed, run_dir, resume, workers=data_workers(cfg.data.workers),
+    """Run a job with the schedule, seed, data workers, mixed precision and logging of its stage config."""
+    return run_training(job, cfg.train, cfg.seed, run_dir, resume, workers=cfg.data.workers,
                         log_every=cfg.logging.log_every, checkpoint_every=cfg.logging.checkpoint_every,
-                        progress=cfg.logging.progress)
+                        progress=cfg.logging.progress, amp=cfg.amp)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from detnas.amp import AmpSetting, autocast, grad_scaler, resolve_amp
 from detnas.atomic import write_text_atomic
 from detnas.checkpoint import load_checkpoint, save_checkpoint
 from detnas.configs import SamplingConfig, ScheduleConfig
+from detnas.data.loading import Workers, data_workers
 from detnas.distributed import (
     all_gather_object, allreduce_gradients, broadcast_object, broadcast_state, convert_sync_batchnorm,
     init_distributed, is_main, mean_over_workers,
@@ -99,21 +102,29 @@ class Job:
 
 
 def train_step(model: nn.Module, job: Job, batch, arch: Arch, device: torch.device, params: list[nn.Parameter],
-               optimizer: torch.optim.Optimizer, grad_clip: float | None) -> tuple[float, int]:
-    """One path-wise step: forward and backward on ``arch`` only, averaged gradients, SGD update of
-    the parameters that got a gradient. Returns (loss averaged over workers, images on this worker)."""
+               optimizer: torch.optim.Optimizer, grad_clip: float | None, amp: str = "off",
+               scaler: torch.amp.GradScaler | None = None) -> tuple[float, int]:
+    """One path-wise step: forward (under autocast with ``amp``) and backward on ``arch`` only,
+    averaged gradients, SGD update of the parameters that got a gradient (skipped by an fp16
+    ``scaler`` when they overflowed). Returns (loss averaged over workers, images on this worker)."""
     if not model.training:  # model.train() walks every module: a supernet has 4x those of its path
         model.train()
-    loss, n_images = job.loss(model, batch, arch, device)
+    with autocast(amp, device):
+        loss, n_images = job.loss(model, batch, arch, device)
+    loss = loss.float()
     value = mean_over_workers(loss.item())  # all workers see a NaN of one, and stop together
     if not math.isfinite(value):
         raise TrainingDiverged(f"loss is {value} (path {arch_to_str(arch)})")
+    scaler = scaler or grad_scaler("off", device)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    scaler.scale(loss).backward()
+    # every worker gets the same (scaled) gradients, so every worker's scaler skips or steps alike
     allreduce_gradients(params)
     if grad_clip is not None:
+        scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     return value, n_images
 
 
@@ -135,15 +146,17 @@ def batches_from(job: Job, schedule: ScheduleConfig, seed: int, workers: int, ra
 
 
 def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, resume: bool,
-                 workers: int = 0, log_every: int = 10, checkpoint_every: int = 100,
-                 progress: bool = True, stop_after: int | None = None) -> dict:
-    """Train ``job`` for ``schedule.iters`` steps (resuming from ``out_dir`` if asked) and evaluate it.
+                 workers: Workers = "auto", log_every: int = 10, checkpoint_every: int = 100,
+                 progress: bool = True, stop_after: int | None = None, amp: AmpSetting = "auto") -> dict:
+    """Train ``job`` for ``schedule.iters`` steps (resuming from ``out_dir`` if asked) and evaluate it,
+    with ``workers`` DataLoader workers and mixed precision ``amp`` (see amp.py).
 
     ``stop_after`` ends the run early after that many steps in this call, with a checkpoint there
     (for tests of resume).
     """
     dist = init_distributed()
     device = dist.device
+    amp = resolve_amp(amp, device)
     out_dir = Path(out_dir)
     ckpt_path = out_dir / CHECKPOINT
     # rank 0 decides, so that all workers stop together when the folder holds another run
@@ -158,6 +171,7 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
     optimizer = torch.optim.SGD(param_groups(model, schedule.weight_decay), lr=schedule.lr,
                                 momentum=schedule.momentum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule))
+    scaler = grad_scaler(amp, device)
     step = 0
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, job.stage, job.meta.get("space"))
@@ -165,9 +179,14 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
         if changed:
             raise UserError(f"this run was started with another config (differs in {', '.join(changed)}): "
                             "resume with the same config, or choose another --out", ckpt_path)
+        if state.get("amp", "off") != amp:  # "auto" can resolve differently on another machine
+            raise UserError(f"this run trained with amp {state.get('amp', 'off')}, this machine would resume it with "
+                            f"amp {amp}: set amp: {state.get('amp', 'off')} in the config", ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         # each worker draws its own numbers (RoI sampling depends on its images): restore its own state
         rngs = state.get("rng_per_worker") or []
         torch.set_rng_state(rngs[dist.rank] if len(rngs) == dist.world_size else state["rng"])
@@ -182,11 +201,11 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
             save_checkpoint(ckpt_path, {
                 "stage": job.stage, **job.meta, "step": step, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rngs[0], "rng_per_worker": rngs,
+                "amp": amp, "scaler": scaler.state_dict(), "rng": rngs[0], "rng_per_worker": rngs,
             })
 
     log = TrainLog(out_dir, job.stage, schedule.iters, start=step, enabled=is_main(), progress=progress)
-    batches = batches_from(job, schedule, seed, workers, dist.rank, dist.world_size, step)
+    batches = batches_from(job, schedule, seed, data_workers(workers), dist.rank, dist.world_size, step)
     window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
     with log:
         while step < schedule.iters and (stop_after is None or stop_after > 0):
@@ -196,11 +215,14 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
                 job.grow[1](model, batch)
                 broadcast_state(model)  # every worker continues from rank 0's grown weights
             try:
-                loss, n_images = train_step(model, job, batch, arch, device, params, optimizer, schedule.grad_clip)
+                loss, n_images = train_step(model, job, batch, arch, device, params, optimizer, schedule.grad_clip,
+                                            amp, scaler)
             except TrainingDiverged as e:
                 raise TrainingDiverged(f"training diverged at step {step + 1}: {e}; lower train.lr, raise "
                                        "train.warmup_iters or set train.grad_clip") from None
-            scheduler.step()
+            with warnings.catch_warnings():  # torch takes an fp16 step skipped on overflow for a misordered call
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before", UserWarning)
+                scheduler.step()
             step += 1
             stop_after = None if stop_after is None else stop_after - 1
             window_loss += loss
@@ -220,7 +242,8 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
                 save()
     if step < schedule.iters:
         return {"step": step, "finished": False}
-    metrics = job.final_eval(model)
+    with autocast(amp, device):
+        metrics = job.final_eval(model)
     if is_main():
         log.final(metrics)
         write_text_atomic(out_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
