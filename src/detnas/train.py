@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -221,7 +222,7 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
                 raise TrainingDiverged(f"training diverged at step {step + 1}: {e}; lower train.lr, raise "
                                        "train.warmup_iters or set train.grad_clip") from None
             with warnings.catch_warnings():  # torch takes an fp16 step skipped on overflow for a misordered call
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before", UserWarning)
+                warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"), UserWarning)
                 scheduler.step()
             step += 1
             stop_after = None if stop_after is None else stop_after - 1
