@@ -28,7 +28,8 @@ from detnas.runs import HISTORY_FILE, PARTIAL_FILE
 from detnas.runs import SEARCH_STATE_FILE as STATE_FILE
 from detnas.search import run_search
 from detnas.search_state import load_state
-from detnas.search_plots import pareto_front, plot_search, progress_curve
+from detnas.pareto import pareto_front
+from detnas.search_plots import plot_search, progress_curve
 from detnas.space import SearchSpace, arch_to_str, get_space
 
 SPACE = get_space("small")
@@ -312,7 +313,7 @@ def _worker(out: Path) -> None:
     dist.destroy_process_group()
 
 
-def _kill_after(run_dir: Path, n: int) -> None:
+def _kill_after(run_dir: Path, n: int, strategy: str = "evolution") -> None:
     calls = []
 
     def evaluate(arch):
@@ -321,7 +322,7 @@ def _kill_after(run_dir: Path, n: int) -> None:
         calls.append(arch)
         return fitness(arch)
 
-    search(run_dir.parent, run_dir.name, evaluate=evaluate, resume=True)
+    search(run_dir.parent, run_dir.name, evaluate=evaluate, resume=True, strategy=strategy)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -355,4 +356,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "worker":
         _worker(Path(sys.argv[2]))
     elif sys.argv[1] == "kill":
-        _kill_after(Path(sys.argv[2]), int(sys.argv[3]))
+        _kill_after(Path(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:])

@@ -103,6 +103,53 @@ def flops(
             print(f"{k:<12} {_mflops(v) if k.endswith('flops') else v}")
 
 
+@app.command()
+def latency(
+    out: Annotated[Path, typer.Option("--out", help="the table's JSON file")],
+    space_name: Annotated[str, typer.Option("--space", help="small or large")] = "small",
+    width_mult: Annotated[float, typer.Option(help="width multiplier")] = 1.0,
+    input_size: Annotated[str, typer.Option(help="the network's input, H or HxW (after the detector's resize)")] = "224",
+    batch: Annotated[int, typer.Option(help="images per forward pass")] = 1,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: torch's)")] = None,
+    detector: Annotated[str, typer.Option(help="fpn, retinanet, or none (the backbone only)")] = "fpn",
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="take the detector's shape from this stage config's 'detector' section")] = None,
+    classes: Annotated[int, typer.Option(help="object classes of the detector")] = 80,
+    reps: Annotated[int, typer.Option(help="timed repetitions (each runs every choice at every position)")] = 20,
+    warmup: Annotated[int, typer.Option(help="untimed repetitions first")] = 5,
+    clock: Annotated[str, typer.Option(
+        help="wall, or cpu: this thread's CPU time (with --threads 1 on a machine other processes load)")] = "wall",
+) -> None:
+    """Measure a latency table on this machine: every choice block at every position (on its real input
+    shape) and the fixed parts (stem, FPN, heads). Predicted latency = the sum of an architecture's parts."""
+    import torch
+
+    from detnas.atomic import write_json_atomic
+    from detnas.latency import check_clock, detector_of_config, measure_table, parse_size
+
+    size = parse_size(input_size)
+    check_clock(clock, device, threads)
+    if detector not in ("fpn", "retinanet", "none"):
+        raise UserError(f"--detector must be fpn, retinanet or none, got {detector!r}")
+    if min(batch, reps, classes) < 1 or warmup < 0 or (threads is not None and threads < 1):
+        raise UserError("--batch, --reps, --classes and --threads must be at least 1, --warmup at least 0")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is available here")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UserError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if out.is_dir():
+        raise UserError("--out is a folder; give a file name such as latency.json", out)
+    det_cfg = None if detector == "none" else detector_of_config(config, detector)
+    table = measure_table(get_space(space_name, width_mult), size, batch, device, threads, det_cfg, classes,
+                          warmup, reps, clock=clock)
+    write_json_atomic(table.to_json(), out, indent=1)
+    lo, hi = table.range_ms
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in table.fixed.items())
+    print(f"{out}: {table.meta['device']}, {table.meta['threads']} threads, {clock} clock, input {size[0]}x{size[1]} x{batch}; "
+          f"fixed parts (ms): {parts}; predicted latency {lo:.2f}-{hi:.2f} ms")
+
+
 ConfigOpt = Annotated[Path, typer.Option("--config", help="YAML config file")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="run folder (default: runs/<stage>)")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue the run in --out where it stopped")]
@@ -147,20 +194,32 @@ def search(config: ConfigOpt, out: OutOpt = None, resume: ResumeOpt = False) -> 
 
 @app.command()
 def retrain(
-    arch: Annotated[str, typer.Option(help="digit string, preset name, or a search's best.json")],
+    arch: Annotated[str, typer.Option(
+        help="digit string, preset name, a search's best.json, or a pareto.json with --pick")],
     config: ConfigOpt,
     out: OutOpt = None,
     resume: ResumeOpt = False,
     no_pretrain: Annotated[bool, typer.Option("--no-pretrain", help="train the detector from scratch")] = False,
+    pick: Annotated[Optional[str], typer.Option(
+        help="with --arch pareto.json: the front's point to retrain, e.g. 'latency<=12ms', 'flops<300M', "
+             "'map>=30%' (best mAP under a cost bound, least cost over an mAP bound)")] = None,
 ) -> None:
     """Stage 4: retrain one architecture as a standalone network (optionally pretrained) and test it."""
     from detnas.cocoeval import format_metrics_table
     from detnas.config import load_config
     from detnas.configs import RetrainConfig
+    from detnas.pareto import arch_from_front, is_front_file
     from detnas.retrain import run_retrain
 
     cfg = load_config(config, RetrainConfig)
-    chosen, _ = resolve_arch(arch, get_space(cfg.space, cfg.width_mult))
+    space = get_space(cfg.space, cfg.width_mult)
+    if pick is not None:
+        arch = arch_from_front(Path(arch), pick, space)
+        print(f"picked {arch} ({pick}) from the Pareto front")
+    elif is_front_file(arch):
+        raise UserError("this is a Pareto front: choose one of its points with --pick, e.g. --pick 'latency<=12ms'",
+                        arch)
+    chosen, _ = resolve_arch(arch, space)
     result = run_retrain(chosen, cfg, out or Path("runs") / "retrain", resume, pretrain=not no_pretrain)
     print(f"{result['arch']}  body FLOPs {_mflops(result['body_flops'])}  test split:")
     print(format_metrics_table(result["test"]))

@@ -220,7 +220,8 @@ class RetrainConfig(FinetuneConfig):
 class SearchConfig(StrictModel):
     """Search hyper-parameters; defaults are the authors' (SPEC section 4)."""
 
-    strategy: Literal["evolution", "random"] = "evolution"
+    # pareto: NSGA-II selection of the parents over (mAP up, FLOPs or latency down), see pareto.py
+    strategy: Literal["evolution", "random", "pareto"] = "evolution"
     population: int = Field(50, ge=1)
     generations: int = Field(20, ge=1)
     topk: int = Field(10, ge=1)
@@ -230,6 +231,10 @@ class SearchConfig(StrictModel):
     max_flops: float | None = Field(None, gt=0, allow_inf_nan=False, description="body MACs, e.g. 300e6")
     min_flops: float | None = Field(None, ge=0, allow_inf_nan=False, description="body MACs")
     max_params: int | None = Field(None, gt=0, description="body parameters")
+    # a table written by `detnas latency`: records get the predicted latency, and with max_latency_ms
+    # it is a constraint; the Pareto strategy then trades mAP against latency instead of FLOPs
+    latency_table: Path | None = None
+    max_latency_ms: float | None = Field(None, gt=0, allow_inf_nan=False, description="predicted latency")
     seed: int = 0
     max_tries: int = Field(100, ge=1, description="redraws per candidate slot")
 
@@ -242,6 +247,8 @@ class SearchConfig(StrictModel):
                 f"mutations + crossovers ({self.mutations} + {self.crossovers}) must not exceed "
                 f"population ({self.population})"
             )
+        if self.max_latency_ms is not None and self.latency_table is None:
+            raise ValueError("max_latency_ms needs latency_table (measure one with `detnas latency`)")
         if self.min_flops is not None and self.max_flops is not None and self.min_flops > self.max_flops:
             raise ValueError(
                 f"min_flops ({self.min_flops:g}) must not exceed max_flops ({self.max_flops:g})"

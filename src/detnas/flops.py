@@ -178,15 +178,11 @@ def sample_arch(
     )
 
 
-def first_within(table: CostTable, archs: np.ndarray, lo: float, hi: float,
-                 max_params: float | None = None) -> Arch | None:
-    """The first row of ``archs`` (n, num_blocks) with body MACs in [lo, hi] and, if given, body params
-    <= ``max_params``: one vectorised step of rejection sampling."""
+def first_within(table: CostTable, archs: np.ndarray, lo: float, hi: float) -> Arch | None:
+    """The first row of ``archs`` (n, num_blocks) with body MACs in [lo, hi]: one vectorised step of
+    rejection sampling."""
     flops = table.body_macs_batch(archs)
-    ok = (flops >= lo) & (flops <= hi)
-    if max_params is not None:
-        ok &= table.stem_params + table.params[np.arange(archs.shape[1]), archs].sum(1) <= max_params
-    hits = np.flatnonzero(ok)
+    hits = np.flatnonzero((flops >= lo) & (flops <= hi))
     return to_arch(archs[hits[0]]) if hits.size else None
 
 

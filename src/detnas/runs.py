@@ -25,6 +25,7 @@ HISTORY_FILE = "history.jsonl"
 PARTIAL_FILE = "partial_generation.jsonl"
 PROGRESS_PNG = "search_progress.png"
 PARETO_PNG = "search_pareto.png"
+PARETO_FILE = "pareto.json"  # strategy pareto: the front
 FITNESS_CHECK_FILE = "fitness_check.json"  # does the fitness separate the candidates?
 BEST_FILE = "best.json"  # written last
 # retraining

@@ -12,7 +12,10 @@ violates the constraints or was evaluated before (in any generation, before or a
 earlier in the same generation) is redrawn up to ``max_tries`` times; a slot that still has no
 candidate is filled randomly. No architecture is ever evaluated twice. Ties in mAP are broken by the
 architecture string. Random search draws the same number of candidates (``population`` per
-generation x ``generations``) uniformly under the same constraints.
+generation x ``generations``) uniformly under the same constraints. The Pareto strategy proposes as
+the evolution does but keeps as parents the ``topk`` that NSGA-II selects over (mAP up, cost down),
+cost = predicted latency with a latency table, else FLOPs (``pareto.py``), and writes the front of
+everything evaluated to ``pareto.json``.
 
 Distributed: every worker runs the same code with the same RNG; a generation's candidates are
 sharded (pending candidate j goes to rank j % world), evaluated in rounds of one candidate per
@@ -35,9 +38,10 @@ from typing import Callable
 
 import numpy as np
 
-from detnas import search_plots, search_state
+from detnas import pareto, search_plots, search_state
 from detnas.configs import SearchConfig
 from detnas.constraints import Constraints, check_constraints, size_key
+from detnas.digest import file_sha256
 from detnas.distributed import all_gather_object, get_rank, map_in_rounds, on_main
 from detnas.errors import UserError
 from detnas.flops import sample_arch
@@ -70,7 +74,11 @@ class _Search:
                  evaluator_identity: dict | None = None):
         self.space, self.cfg, self.cons, self.run_dir = space, cfg, cons, run_dir
         self.input_size = size_key(input_size)
+        if cons.latency is not None:  # the table's content, not its path, decides the latencies
+            evaluator_identity = {**(evaluator_identity or {}),
+                                  "latency_table_sha256": file_sha256(cfg.latency_table)}
         self.identity = search_state.identity(space, cfg, input_size, evaluator_identity)
+        self.cost = "latency_ms" if cons.latency is not None else "flops"  # the Pareto strategy's
         self.key = search_state.fingerprint(self.identity)
         self.rng = np.random.default_rng(cfg.seed)
         self.records: list[dict] = []
@@ -96,6 +104,8 @@ class _Search:
         return True
 
     def _random(self) -> Arch:
+        if self.cons.max_latency_ms is not None:  # uniform draws rarely meet a latency bound alone
+            return self.cons.sample(self.rng)
         return sample_arch(self.space, self.rng, self.cfg.min_flops, self.cfg.max_flops, self.input_size)
 
     def _mutate(self, parent: np.ndarray) -> Arch:
@@ -110,7 +120,7 @@ class _Search:
 
     def propose(self) -> list[Arch]:
         cfg, seen, cands = self.cfg, set(self.visited), []
-        if cfg.strategy == "evolution" and self.topk:
+        if cfg.strategy in ("evolution", "pareto") and self.topk:
             parents = [np.array(to_arch(r["arch"])) for r in self.topk]
             k = len(parents)
             for _ in range(cfg.mutations):
@@ -161,6 +171,7 @@ class _Search:
             "map": fitness,
             "flops": self.cons.flops(arch),
             "params": self.cons.params(arch),
+            **({} if self.cons.latency is None else {"latency_ms": self.cons.latency_ms(arch)}),
             "seconds": round(time.perf_counter() - t0, 4),
             "rank": get_rank(),
             "metrics": metrics,
@@ -175,7 +186,7 @@ class _Search:
             if s in cache:
                 results[s] = {**cache[s], "generation": g, "index": i}
         pending = [(i, a) for i, a in enumerate(cands) if arch_to_str(a) not in results]
-        best = self.topk[0]["map"] if self.topk else -math.inf
+        best = self.best()["map"] if self.records else -math.inf
         best = max([best, *(r["map"] for r in results.values())])
         if bar is not None:
             bar.advance(len(results), best)
@@ -212,17 +223,30 @@ class _Search:
         self.records.extend(new)
         self.visited.update(r["arch"] for r in new)
         self.population = [r["arch"] for r in new]
-        self.topk = sorted(self.topk + new, key=_rank_key)[: self.cfg.topk]
+        if self.cfg.strategy == "pareto":
+            self.topk = pareto.nsga_select(self.topk + new, self.cfg.topk, self.cost)
+        else:
+            self.topk = sorted(self.topk + new, key=_rank_key)[: self.cfg.topk]
         maps = [r["map"] for r in new]
+        best = self.best()
         self.summary.append({
             "generation": g,
             "evaluated": len(new),
-            "best_map": self.topk[0]["map"],
-            "best_arch": self.topk[0]["arch"],
+            "best_map": best["map"],
+            "best_arch": best["arch"],
             "mean_topk_map": float(np.mean([r["map"] for r in self.topk])),
             "mean_map": float(np.mean(maps)),
         })
         self.generation = g + 1
+
+    def best(self) -> dict:
+        """The best mAP evaluated (the first of the evolution's elitist top-k; the Pareto strategy's
+        parents are chosen by more than mAP)."""
+        return min(self.records, key=_rank_key)
+
+
+def pareto_what(search: _Search) -> str:
+    return f"mAP vs {'predicted latency' if search.cost == 'latency_ms' else 'FLOPs'}"
 
 
 def run_search(
@@ -281,7 +305,7 @@ def run_search(
                 search.exhausted = True
                 search.save()
                 break
-            best = search.topk[0]["map"] if search.topk else -math.inf
+            best = search.best()["map"] if search.records else -math.inf
             new = search.run_generation(evaluate, cands, cache, bar.generation(search.generation, len(cands), best))
             cache = {}
             search.finish_generation(new)
@@ -291,14 +315,19 @@ def run_search(
 
     if not search.records:
         raise RuntimeError("the search evaluated no architecture")
-    best = search.topk[0]
+    best = search.best()
     if search.main:
-        search_plots.plot_search(search.records, run_dir, topk=cfg.topk)
+        search_plots.plot_search(search.records, run_dir, topk=cfg.topk, cost=search.cost)
+        if cfg.strategy == "pareto":
+            pareto.write_front(run_dir, search.records, search.cost, space, search.identity["input_size"])
         if before_finish is not None:
             before_finish(list(search.records))
         # last: the pipeline takes best.json as the sign that the search finished with all its outputs
         search_state.write_best(run_dir, best, space, search.identity["input_size"], cfg.strategy)
-        if progress:
+        if progress and cfg.strategy == "pareto":
+            front = pareto.front_records(search.records, search.cost)
+            search_plots.print_topk(front, f"Pareto front of {len(search.records)} evaluated ({pareto_what(search)})")
+        elif progress:
             title = f"top-{len(search.topk)} of {len(search.records)} evaluated ({cfg.strategy})"
             search_plots.print_topk(search.topk, title)
     return SearchResult(

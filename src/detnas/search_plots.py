@@ -11,26 +11,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from detnas.pareto import pareto_front
 from detnas.runs import PARETO_PNG, PROGRESS_PNG
 
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points (flops, map) not dominated by another, by increasing FLOPs.
-
-    A point is dominated when another has FLOPs <= and mAP >= with at least one strict; exact
-    duplicates of a front point are all on the front.
-    """
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1], i))
-    front: list[int] = []
-    best = None
-    for i in order:
-        f, m = points[i]
-        if best is None or m > best[1]:
-            front.append(i)
-            best = (f, m)
-        elif (f, m) == best:
-            front.append(i)
-    return front
+AXIS = {"flops": ("body FLOPs (M MACs)", 1e-6, "FLOPs"), "latency_ms": ("predicted latency (ms)", 1.0, "latency")}
 
 
 def progress_curve(history: Sequence[dict], topk: int = 10) -> list[dict]:
@@ -49,8 +33,9 @@ def progress_curve(history: Sequence[dict], topk: int = 10) -> list[dict]:
     return out
 
 
-def plot_search(history: Sequence[dict], out_dir: str | Path, topk: int = 10) -> list[Path]:
-    """Write ``search_progress.png`` and ``search_pareto.png`` into ``out_dir``; returns the paths."""
+def plot_search(history: Sequence[dict], out_dir: str | Path, topk: int = 10, cost: str = "flops") -> list[Path]:
+    """Write ``search_progress.png`` and ``search_pareto.png`` (mAP against ``cost``: ``flops`` or
+    ``latency_ms``) into ``out_dir``; returns the paths."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -76,23 +61,24 @@ def plot_search(history: Sequence[dict], out_dir: str | Path, topk: int = 10) ->
 
     fig = Figure(figsize=(6.4, 4.6), dpi=110)
     ax = fig.add_subplot()
-    flops = [r["flops"] / 1e6 for r in history]
+    label, scale, short = AXIS[cost]
+    costs = [r[cost] * scale for r in history]
     maps = [r["map"] for r in history]
-    sc = ax.scatter(flops, maps, c=[r["generation"] for r in history], cmap="viridis", s=12, alpha=0.7)
+    sc = ax.scatter(costs, maps, c=[r["generation"] for r in history], cmap="viridis", s=12, alpha=0.7)
     cbar = fig.colorbar(sc, ax=ax, label="generation")
     cbar.locator = MaxNLocator(integer=True)
     cbar.update_ticks()
-    front = pareto_front(list(zip(flops, maps)))
-    ax.step([flops[i] for i in front], [maps[i] for i in front], "r-", where="post", lw=1, alpha=0.8)
-    ax.scatter([flops[i] for i in front], [maps[i] for i in front], facecolors="none", edgecolors="red",
+    front = pareto_front(list(zip(costs, maps)))
+    ax.step([costs[i] for i in front], [maps[i] for i in front], "r-", where="post", lw=1, alpha=0.8)
+    ax.scatter([costs[i] for i in front], [maps[i] for i in front], facecolors="none", edgecolors="red",
                s=40, label="Pareto front")
     if history:
         b = min(range(len(history)), key=lambda i: (-maps[i], history[i]["arch"]))
-        ax.scatter([flops[b]], [maps[b]], marker="*", s=160, color="orange", edgecolors="k",
+        ax.scatter([costs[b]], [maps[b]], marker="*", s=160, color="orange", edgecolors="k",
                    label=f"best {history[b]['arch']}", zorder=5)
-    ax.set_xlabel("body FLOPs (M MACs)")
+    ax.set_xlabel(label)
     ax.set_ylabel("mAP (search split)")
-    ax.set_title("mAP vs FLOPs of evaluated architectures")
+    ax.set_title(f"mAP vs {short} of evaluated architectures")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

@@ -36,10 +36,19 @@ STATE_FORMAT = "detnas-search-state"
 STATE_VERSION = 1
 
 
+def _identity_config(conf: dict) -> dict:
+    """The config keys that must match on resume: not the resumable ones, not the latency table's path
+    (its content's digest is part of the identity), and no unset latency bound (so that states
+    written before latency constraints existed still resume)."""
+    return {k: v for k, v in conf.items() if k not in SEARCH_RESUMABLE and k != "latency_table"
+            and not (k == "max_latency_ms" and v is None)}
+
+
 def identity(space: SearchSpace, cfg, input_size, evaluator: dict | None = None) -> dict:
     """What must match between a state and the run resuming it (``evaluator``: what the fitness depends
-    on, e.g. the supernet and the recalibration settings; absent when the caller gives none)."""
-    conf = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in SEARCH_RESUMABLE}
+    on, e.g. the supernet and the recalibration settings, and the latency table's digest; absent when
+    there is none)."""
+    conf = _identity_config(cfg.model_dump(mode="json"))
     space_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(space).items()}
     size = size_key(input_size)
     found = {"config": conf, "space": space_dict, "input_size": size if isinstance(size, int) else list(size)}
@@ -126,7 +135,7 @@ def state_of(search) -> dict:
 
 def restore(search, state: dict, path: Path) -> None:
     """Load ``state`` into the engine ``search``, after checking that it belongs to the same search."""
-    conf = {k: v for k, v in state["config"].items() if k not in SEARCH_RESUMABLE}
+    conf = _identity_config(state["config"])
     found = {"config": conf, "space": state["space"], "input_size": state.get("input_size")}
     if "evaluator" in state:
         found["evaluator"] = state["evaluator"]
