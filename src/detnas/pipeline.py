@@ -19,7 +19,7 @@ from detnas.report import write_report
 from detnas.retrain import run_retrain
 from detnas.runs import BEST_FILE, CHECKPOINT, PIPELINE_FILE, REPORT_FILE, is_finished, resume_point, retrain_dir
 from detnas.search_stage import run_search_stage
-from detnas.space import get_space, resolve_arch
+from detnas.space import arch_to_str, get_space, resolve_arch
 from detnas.stages import finetune_job, pretrain_job, run_stage
 
 
@@ -111,7 +111,14 @@ def run_pipeline(cfg: PipelineConfig, out: Path) -> Path:
         rc_dir = out / "rank_check"
         include = [str(out / d / BEST_FILE) for d in ("search", "random_search") if (out / d).is_dir()]
         rc_cfg = cfg.rank_check_config(ft_dir, include + (["0" * space.num_blocks] if cfg.baseline else []))
-        stages.run("rank check", is_finished(rc_dir), rc_dir, lambda: run_rank_check(rc_cfg, rc_dir, resume=True))
+
+        def rank_check() -> None:
+            # the retrainings above used the same recipe and seeds: reused, not repeated
+            known = {arch_to_str(arch()): [retrain_dir(out, name, k) for k in range(cfg.retrain.seeds)]
+                     for name, arch in candidates.items()}
+            run_rank_check(rc_cfg, rc_dir, resume=True, known=known)
+
+        stages.run("rank check", is_finished(rc_dir), rc_dir, rank_check)
     if is_main():
         return write_report(out, stages.state["seconds"], cfg)
     return out / REPORT_FILE

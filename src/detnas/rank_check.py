@@ -77,9 +77,11 @@ def supernet_scores(cfg: RankCheckStageConfig, archs: list[Arch], out: Path) -> 
     return scores
 
 
-def retrain_all(cfg: RankCheckStageConfig, archs: list[Arch], out: Path) -> dict[str, list[dict]]:
+def retrain_all(cfg: RankCheckStageConfig, archs: list[Arch], out: Path,
+                known: dict[str, list[Path]] | None = None) -> dict[str, list[dict]]:
     """Each architecture trained alone ``seeds`` times (finished runs are read back, an interrupted
-    one continues): its test metrics per seed."""
+    one continues): its test metrics per seed. ``known[arch][k]``: a finished retraining of ``arch``
+    with seed ``retrain.seed + k`` and the same recipe made elsewhere (the pipeline's), used as is."""
     results = {}
     for arch in archs:
         name = arch_to_str(arch)
@@ -87,6 +89,9 @@ def retrain_all(cfg: RankCheckStageConfig, archs: list[Arch], out: Path) -> dict
         for k in range(cfg.rank_check.seeds):
             seed_cfg = cfg.retrain.model_copy(update={"seed": cfg.retrain.seed + k})
             run_dir = out / "nets" / name / f"seed{k}"
+            elsewhere = (known or {}).get(name, [])
+            if k < len(elsewhere) and is_finished(elsewhere[k]):
+                run_dir = elsewhere[k]
             if is_main() and not is_finished(run_dir):
                 print(f"rank-check: {name} seed {seed_cfg.seed} ({archs.index(arch) + 1}/{len(archs)})", flush=True)
             if is_finished(run_dir):
@@ -153,8 +158,10 @@ def plot_rank_check(summary: dict, path: Path) -> None:
     fig.savefig(path)
 
 
-def run_rank_check(cfg: RankCheckStageConfig, out: Path, resume: bool) -> dict:
-    """Run (or continue, with ``resume``) the rank check in ``out``; returns the summary."""
+def run_rank_check(cfg: RankCheckStageConfig, out: Path, resume: bool,
+                   known: dict[str, list[Path]] | None = None) -> dict:
+    """Run (or continue, with ``resume``) the rank check in ``out``; returns the summary. ``known``:
+    finished retrainings to reuse (see ``retrain_all``)."""
     out = Path(out)
     if not resume and broadcast_object(out.exists() and any(out.iterdir())):  # rank 0 looks, before anyone writes
         raise_exists(out)
@@ -165,7 +172,7 @@ def run_rank_check(cfg: RankCheckStageConfig, out: Path, resume: bool) -> dict:
         write_json_atomic({"archs": [arch_to_str(a) for a in archs], "included": cfg.include}, out / RANK_PLAN_FILE,
                           indent=2)
     scores = supernet_scores(cfg, archs, out)
-    standalone = retrain_all(cfg, archs, out)
+    standalone = retrain_all(cfg, archs, out, known)
     summary = None
     if is_main():
         summary = summarize(scores, standalone, cfg.rank_check.topk, cfg.rank_check.bootstrap, cfg.search.seed)
