@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from data_builders import TINY_DETECTOR  # noqa: E402
-from test_train import assert_same_run, data, finetune_cfg, pretrain_cfg, read_ckpt, read_log, train  # noqa: E402, F401
+from test_train import assert_same_run, coco, data, finetune_cfg, pretrain_cfg, read_ckpt, read_log, train  # noqa: E402, F401
 
 from detnas.amp import autocast, grad_scaler, resolve_amp  # noqa: E402
 from detnas.detector import DetectorConfig, build_detector, set_path  # noqa: E402
@@ -68,10 +68,10 @@ def test_a_detector_under_bf16_is_close_to_float32_and_hands_on_float32(kind):
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
 def test_training_with_bf16_is_finite_and_close_to_float32(data, tmp_path, stage):
-    make = pretrain_cfg if stage == "pretrain" else finetune_cfg
     logs = {}
     for mode in ("off", "bf16"):
-        train(stage, {**make(data, iters=3), "amp": mode}, tmp_path / mode)
+        cfg = pretrain_cfg(data, iters=3) if stage == "pretrain" else finetune_cfg(coco(data), train={"iters": 3})
+        train(stage, {**cfg, "amp": mode}, tmp_path / mode)
         logs[mode] = [r["loss"] for r in read_log(tmp_path / mode) if "step" in r]
         assert read_ckpt(tmp_path / mode)["amp"] == mode
     assert all(math.isfinite(v) for v in logs["bf16"]) and len(logs["bf16"]) == 3
@@ -85,9 +85,9 @@ def test_training_with_bf16_is_finite_and_close_to_float32(data, tmp_path, stage
 
 @pytest.mark.parametrize("mode", ["bf16", "fp16"])
 def test_a_resumed_mixed_precision_run_equals_an_uninterrupted_one(data, tmp_path, mode):
-    cfg = {**finetune_cfg(data), "amp": mode}
+    cfg = finetune_cfg(coco(data), amp=mode, logging={"checkpoint_every": 2})
     train("finetune", cfg, tmp_path / "straight")
-    train("finetune", cfg, tmp_path / "parts", stop_after=2)
+    train("finetune", cfg, tmp_path / "parts", interrupt=3)  # killed a step after the checkpoint of step 2
     train("finetune", cfg, tmp_path / "parts", resume=True)
     assert_same_run(tmp_path / "straight", tmp_path / "parts")
     straight, parts = read_ckpt(tmp_path / "straight"), read_ckpt(tmp_path / "parts")
@@ -96,6 +96,7 @@ def test_a_resumed_mixed_precision_run_equals_an_uninterrupted_one(data, tmp_pat
 
 
 def test_resuming_in_another_precision_is_refused(data, tmp_path):
-    train("finetune", {**finetune_cfg(data), "amp": "bf16"}, tmp_path / "run", stop_after=1)
+    cfg = finetune_cfg(coco(data), logging={"checkpoint_every": 1})
+    train("finetune", {**cfg, "amp": "bf16"}, tmp_path / "run", interrupt=1)
     with pytest.raises(UserError, match="trained with amp bf16.*amp off"):
-        train("finetune", {**finetune_cfg(data), "amp": "auto"}, tmp_path / "run", resume=True)
+        train("finetune", {**cfg, "amp": "auto"}, tmp_path / "run", resume=True)

@@ -28,6 +28,7 @@ from cli_checks import ENV, TORCHRUN, one_line_error
 from cli_checks import run_detnas as cli
 from cli_checks import run_here as run_cli
 from detnas.amp import autocast
+from interruption import Interrupted, interrupt_at
 from detnas.configs import FinetuneConfig, FitnessConfig
 from detnas.data import build_demo_data
 from detnas.detector import extract_detector
@@ -87,7 +88,7 @@ class Supernet:
             return inner(model, batch, arch, device)
 
         job.loss = loss
-        assert run_stage(job, cfg, self.run, resume=False)["finished"]
+        assert run_stage(job, cfg, self.run, resume=False)["step"] == cfg.train.iters
         self.train_records = job.dataset.records  # the training set finetuning drew from
 
     def search_yaml(self, path: Path, search: dict | None = None, fitness: dict | None = None, **top) -> Path:
@@ -355,10 +356,14 @@ def test_resume_after_kill_9_under_torchrun(supernet, searched, tmp_path):
 # ----------------------------------------------------------------------------- 4. bad input
 
 
-def _finetune_elsewhere(supernet: Supernet, out: Path, stop_after: int | None = None, **overrides) -> Path:
+def _finetune_elsewhere(supernet: Supernet, out: Path, interrupt: int | None = None, **overrides) -> Path:
+    """A finetuning run in ``out``; ``interrupt``: killed before that step, with a checkpoint there."""
     cfg = FinetuneConfig.model_validate(finetune_cfg(supernet.paths, **overrides))
-    run_training(finetune_job(cfg, out), cfg.train, cfg.seed, out, False, log_every=100, checkpoint_every=100,
-                 progress=False, stop_after=stop_after)
+    job = finetune_job(cfg, out) if interrupt is None else interrupt_at(finetune_job(cfg, out), interrupt)
+    try:
+        run_training(job, cfg.train, cfg.seed, out, False, log_every=100, checkpoint_every=1, progress=False)
+    except Interrupted:
+        assert interrupt is not None
     return out
 
 
@@ -382,7 +387,7 @@ def test_bad_search_input_is_a_one_line_error(case, supernet, tmp_path):
         top = {"supernet": str(run)}
         expect = [str(run / SPLIT_FILE), "no search split", "holdout"]
     elif case == "unfinished finetune":
-        run = _finetune_elsewhere(supernet, tmp_path / "ft", stop_after=1, train={"iters": 3})
+        run = _finetune_elsewhere(supernet, tmp_path / "ft", interrupt=1, train={"iters": 3})
         top = {"supernet": str(run)}
         expect = [str(run / "checkpoint.pt"), "not finished"]
     else:

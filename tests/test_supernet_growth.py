@@ -8,6 +8,7 @@ step must equal an uninterrupted one.
 import pytest
 import torch
 from data_builders import make_image_folder
+from interruption import Interrupted, interrupt_at
 
 from detnas.configs import PretrainConfig, RetrainConfig
 from detnas.space import get_space
@@ -77,13 +78,18 @@ def config(tmp_path, grow_iters=3, iters=6):
     })
 
 
-def run(cfg, out, resume=False, stop_after=None):
+def run(cfg, out, resume=False, interrupt=None):
+    """Pretrain with ``cfg`` in ``out``; ``interrupt``: killed before that step, with a checkpoint there."""
     job = pretrain_job(cfg)
     trained = []
     inner = job.loss
     job.loss = lambda model, batch, arch, device: (trained.append(arch), inner(model, batch, arch, device))[1]
-    run_training(job, cfg.train, cfg.seed, out, resume, log_every=1, checkpoint_every=100, progress=False,
-                 stop_after=stop_after)
+    if interrupt is not None:
+        interrupt_at(job, interrupt)
+    try:
+        run_training(job, cfg.train, cfg.seed, out, resume, log_every=1, checkpoint_every=1, progress=False)
+    except Interrupted:
+        assert interrupt is not None
     return job, trained
 
 
@@ -97,7 +103,7 @@ def test_choice_0_alone_until_grow_iters_then_uniform_paths(tmp_path):
 def test_a_run_resumed_across_the_growth_equals_an_uninterrupted_one(tmp_path, stop):
     cfg = config(tmp_path)
     whole, _ = run(cfg, tmp_path / "whole")
-    parts, _ = run(cfg, tmp_path / "parts", stop_after=stop)
+    parts, _ = run(cfg, tmp_path / "parts", interrupt=stop)
     resumed, _ = run(cfg, tmp_path / "parts", resume=True)
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

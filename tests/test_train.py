@@ -2,7 +2,7 @@
 
 Proves: the stages run on tiny ImageFolder / COCO / VOC / demo data and write what they promise;
 path-wise updates touch only the sampled path (no weight decay or momentum step off the path);
-a run killed with SIGKILL (or stopped early) and resumed ends bit-identical to an uninterrupted
+a run killed with SIGKILL (or interrupted between two steps) and resumed ends bit-identical to an uninterrupted
 run; bad input is a one-line CLI error.
 """
 
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from data_builders import make_coco, make_image_folder, make_voc  # noqa: E402
 from cli_checks import DETNAS, ENV, one_line_error  # noqa: E402
 from cli_checks import run_detnas as cli  # noqa: E402
+from interruption import Interrupted, interrupt_at  # noqa: E402
 
 from detnas.checkpoint import save_checkpoint  # noqa: E402
 from detnas.stages import finetune_job, pretrain_job  # noqa: E402
@@ -103,8 +104,9 @@ def make_job(stage: str, cfg: dict, out: Path):
     return c, finetune_job(c, out)
 
 
-def train(stage: str, cfg: dict, out: Path, resume: bool = False, stop_after: int | None = None, record=None):
-    """Build the stage's job from ``cfg`` and run it in this process, as the CLI does."""
+def train(stage: str, cfg: dict, out: Path, resume: bool = False, interrupt: int | None = None, record=None):
+    """Build the stage's job from ``cfg`` and run it in this process, as the CLI does; ``interrupt``:
+    stop it before that step as a kill would (result None)."""
     c, job = make_job(stage, cfg, out)
     if record is not None:  # see every batch that is trained on
         inner = job.loss
@@ -114,9 +116,14 @@ def train(stage: str, cfg: dict, out: Path, resume: bool = False, stop_after: in
             return inner(model, batch, arch, device)
 
         job.loss = loss
-    result = run_training(job, c.train, c.seed, out, resume, log_every=c.logging.log_every,
-                          checkpoint_every=c.logging.checkpoint_every, progress=False, stop_after=stop_after,
-                          amp=c.amp)
+    if interrupt is not None:
+        interrupt_at(job, interrupt)
+    try:
+        result = run_training(job, c.train, c.seed, out, resume, log_every=c.logging.log_every,
+                              checkpoint_every=c.logging.checkpoint_every, progress=False, amp=c.amp)
+    except Interrupted:
+        assert interrupt is not None
+        result = None
     return job, result
 
 
@@ -173,7 +180,7 @@ def pretrained(data, tmp_path_factory) -> Path:
     """A finished tiny pretraining run (used as finetuning init)."""
     out = tmp_path_factory.mktemp("pretrained") / "run"
     _, result = train("pretrain", pretrain_cfg(data), out)
-    assert result["finished"] and result["step"] == 6
+    assert result["step"] == 6
     return out
 
 
@@ -197,7 +204,7 @@ def test_finetune_coco_from_pretrain_holds_out_the_search_split(data, pretrained
     seen: list = []
     out = tmp_path / "ft"
     job, result = train("finetune", finetune_cfg(data, pretrained / CHECKPOINT), out, record=seen)
-    assert result["finished"] and result["step"] == 5
+    assert result["step"] == 5
     # the backbone started from the pretrained weights: an unchanged (off-path) choice still holds them
     pre, ft = read_ckpt(pretrained)["model"], read_ckpt(out)["model"]
     same = [k for k in pre if not k.startswith("head.") and torch.equal(pre[k], ft["backbone.body." + k])]
@@ -227,7 +234,7 @@ def test_finetune_voc_retinanet(data, tmp_path):
     cfg["train"]["iters"] = 3
     out = tmp_path / "voc"
     job, result = train("finetune", cfg, out)
-    assert result["finished"]
+    assert result["step"] == 3
     assert read_ckpt(out)["classes"] == ["cat", "dog", "person"]
     held = {im["file_name"] for im in json.loads((out / "search_split.json").read_text())["images"]}
     assert len(held) == 2 and not held & {r.file_name for r in job.dataset.records}
@@ -279,13 +286,14 @@ def test_only_the_sampled_path_is_updated(stage, data, tmp_path):
     only choices on a path ever get optimizer state."""
     out = tmp_path / "run"
     cfg = pretrain_cfg(data, iters=4) if stage == "pretrain" else finetune_cfg(data, iters=4)
+    cfg["logging"]["checkpoint_every"] = 1
     _, job = make_job(stage, cfg, out)
     s0 = {k: v.clone() for k, v in job.model.state_dict().items()}
     path_a, path_b = job.arch_for_step(0), job.arch_for_step(1)
     assert sum(a != b for a, b in zip(path_a, path_b)) >= 8
-    train(stage, cfg, out, stop_after=1)
+    train(stage, cfg, out, interrupt=1)
     s1, opt1 = read_ckpt(out)["model"], read_ckpt(out)["optimizer"]
-    train(stage, cfg, out, resume=True, stop_after=1)
+    train(stage, cfg, out, resume=True, interrupt=2)
     s2, opt2 = read_ckpt(out)["model"], read_ckpt(out)["optimizer"]
     assert read_ckpt(out)["step"] == 2
 
@@ -324,12 +332,15 @@ def test_only_the_sampled_path_is_updated(stage, data, tmp_path):
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
 def test_resume_after_stop_equals_an_uninterrupted_run(stage, data, tmp_path):
     cfg = pretrain_cfg(data, iters=7) if stage == "pretrain" else finetune_cfg(data, iters=5)
-    cfg["logging"]["checkpoint_every"] = 3
+    cfg["logging"]["checkpoint_every"] = 2
     train(stage, cfg, tmp_path / "whole")
-    # stop mid-epoch (pretrain: 3 steps per epoch, finetune: 3) and off the checkpoint grid
-    _, result = train(stage, cfg, tmp_path / "parts", stop_after=4 if stage == "pretrain" else 2)
-    assert not result["finished"] and not (tmp_path / "parts" / "metrics.json").exists()
-    assert read_ckpt(tmp_path / "parts")["step"] == result["step"]  # stopping saves a checkpoint
+    # killed one step after a checkpoint taken mid-epoch (3 steps per epoch in both stages): the
+    # resumed run trains and logs that step again
+    killed_at = 5 if stage == "pretrain" else 3
+    _, result = train(stage, cfg, tmp_path / "parts", interrupt=killed_at)
+    assert result is None and not (tmp_path / "parts" / "metrics.json").exists()
+    assert read_ckpt(tmp_path / "parts")["step"] == killed_at - 1
+    assert [r["step"] for r in read_log(tmp_path / "parts")] == list(range(1, killed_at + 1))
     train(stage, cfg, tmp_path / "parts", resume=True)
     assert_same_run(tmp_path / "whole", tmp_path / "parts")
 

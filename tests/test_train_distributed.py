@@ -19,6 +19,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from cli_checks import ENV, TORCHRUN  # noqa: E402
 from data_builders import make_coco, make_image_folder  # noqa: E402
+from interruption import Interrupted, interrupt_at  # noqa: E402
 
 from detnas.train import epoch_batches  # noqa: E402
 
@@ -59,12 +60,12 @@ def configs(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def run_workers(stage: str, config: Path, tmp: Path, *cli_args: str, stop_after: int = 0,
+def run_workers(stage: str, config: Path, tmp: Path, *cli_args: str, interrupt: int = 0,
                 out: Path | None = None) -> tuple[Path, list[dict]]:
     """``detnas STAGE`` under torchrun with 2 workers; (run folder, each worker's dump).
-    ``stop_after``: stop each worker after that many steps (with a checkpoint), as an interruption."""
+    ``interrupt``: kill each worker before that step, with a checkpoint there."""
     out, dumps = out or tmp / "run", tmp / "dumps"
-    torchrun(__file__, "worker", stage, str(config), str(out), str(dumps), str(stop_after), *cli_args)
+    torchrun(__file__, "worker", stage, str(config), str(out), str(dumps), str(interrupt), *cli_args)
     return out, [torch.load(dumps / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
@@ -124,7 +125,7 @@ def test_interrupted_torchrun_finetune_resumes_exactly(configs, trained, tmp_pat
     and RNG states as an uninterrupted 2-worker run. Each worker's RPN/RoI sampling draws from its
     own RNG, which must be restored per worker."""
     whole, whole_dumps = trained("finetune")
-    parts, dumps = run_workers("finetune", configs["finetune"], tmp_path, stop_after=2)
+    parts, dumps = run_workers("finetune", configs["finetune"], tmp_path, interrupt=2)
     assert not dumps[0]["result"]["finished"] and dumps[0]["result"]["step"] == 2
     # rank 1 drew differently from rank 0 (its own images): one RNG state would not do for both
     assert not torch.equal(dumps[0]["rng"], dumps[1]["rng"])
@@ -153,7 +154,7 @@ def test_workers_split_each_global_batch_without_overlap():
 # ----------------------------------------------------------------------------- the worker
 
 
-def _worker(stage: str, config: str, out: str, dumps: str, stop_after: str, *cli_args: str) -> None:
+def _worker(stage: str, config: str, out: str, dumps: str, interrupt: str, *cli_args: str) -> None:
     import torch.distributed as dist
     from torch import nn
 
@@ -166,9 +167,14 @@ def _worker(stage: str, config: str, out: str, dumps: str, stop_after: str, *cli
 
     def run_training(job, *args, **kwargs):
         initial["stem"] = next(iter(job.model.parameters())).detach().clone()
-        if int(stop_after):
-            kwargs["stop_after"] = int(stop_after)
-        result = original(job, *args, **kwargs)
+        step = int(interrupt)
+        if step:
+            interrupt_at(job, step)
+            kwargs["checkpoint_every"] = step
+        try:
+            result = {"step": original(job, *args, **kwargs)["step"], "finished": True}
+        except Interrupted:
+            result = {"step": step, "finished": False}
         bns = [m for m in job.model.modules() if isinstance(m, nn.BatchNorm2d)]
         Path(dumps).mkdir(parents=True, exist_ok=True)
         torch.save({
@@ -176,7 +182,7 @@ def _worker(stage: str, config: str, out: str, dumps: str, stop_after: str, *cli
             "sync_bn": sum(isinstance(m, SyncBatchNorm2d) for m in bns),
             "plain_bn": sum(not isinstance(m, SyncBatchNorm2d) for m in bns),
             "state": job.model.state_dict(), "initial_stem": initial["stem"], "rng": torch.get_rng_state(),
-            "result": {"step": result["step"], "finished": result["finished"]},
+            "result": result,
         }, Path(dumps) / f"rank{dist.get_rank()}.pt")
         return result
 

@@ -148,13 +148,9 @@ def batches_from(job: Job, schedule: ScheduleConfig, seed: int, workers: int, ra
 
 def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, resume: bool,
                  workers: Workers = "auto", log_every: int = 10, checkpoint_every: int = 100,
-                 progress: bool = True, stop_after: int | None = None, amp: AmpSetting = "auto") -> dict:
+                 progress: bool = True, amp: AmpSetting = "auto") -> dict:
     """Train ``job`` for ``schedule.iters`` steps (resuming from ``out_dir`` if asked) and evaluate it,
-    with ``workers`` DataLoader workers and mixed precision ``amp`` (see amp.py).
-
-    ``stop_after`` ends the run early after that many steps in this call, with a checkpoint there
-    (for tests of resume).
-    """
+    with ``workers`` DataLoader workers and mixed precision ``amp`` (see amp.py)."""
     dist = init_distributed()
     device = dist.device
     amp = resolve_amp(amp, device)
@@ -209,7 +205,7 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
     batches = batches_from(job, schedule, seed, data_workers(workers), dist.rank, dist.world_size, step)
     window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
     with log:
-        while step < schedule.iters and (stop_after is None or stop_after > 0):
+        while step < schedule.iters:
             arch = job.arch_for_step(step)
             batch = next(batches)
             if job.grow is not None and job.grow[0] == step:
@@ -225,7 +221,6 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
                 warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"), UserWarning)
                 scheduler.step()
             step += 1
-            stop_after = None if stop_after is None else stop_after - 1
             window_loss += loss
             window_steps += 1
             window_images += n_images * dist.world_size
@@ -239,13 +234,11 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
                 window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
             else:
                 log.advance(step)
-            if step % checkpoint_every == 0 or step == schedule.iters or stop_after == 0:
+            if step % checkpoint_every == 0 or step == schedule.iters:
                 save()
-    if step < schedule.iters:
-        return {"step": step, "finished": False}
     with autocast(amp, device):
         metrics = job.final_eval(model)
     if is_main():
         log.final(metrics)
         write_text_atomic(out_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
-    return {"step": step, "finished": True, **metrics}
+    return {"step": step, **metrics}
