@@ -11,7 +11,10 @@ from detnas.errors import UserError
 from detnas.runs import (
     BEST_FILE, METRICS_FILE, RESULT_FILE, SEARCH_RESUMABLE, TRAINING_RESUMABLE, config_changes, is_finished,
 )
+import detnas.space
+from detnas.flops import arch_cost
 from detnas.space import PRESETS, ArchError, get_space, resolve_arch, to_arch
+from detnas.supernet import ShuffleNetBackbone
 
 
 @pytest.mark.parametrize("marker", [METRICS_FILE, BEST_FILE, RESULT_FILE])
@@ -44,6 +47,19 @@ def test_resolve_arch_finds_the_space_of_digits_presets_and_lists():
         resolve_arch(preset.name, small)
     with pytest.raises(ArchError, match="blocks"):
         resolve_arch("0" * 7)
+
+
+@pytest.mark.parametrize("text", ["21202112331300313132", "detnas-coco-fpn-300m", json.dumps([0] * 40)])
+def test_an_architecture_is_validated_once_on_its_way_to_the_network(text, monkeypatch):
+    """At the door (``resolve_arch``), not again by the networks and the FLOPs count it is given to."""
+    calls = []
+    check = detnas.space.validate_arch
+    monkeypatch.setattr(detnas.space, "validate_arch", lambda *args: calls.append(args) or check(*args))
+    arch, space = resolve_arch(text)
+    ShuffleNetBackbone(space, arch, num_classes=10)
+    ShuffleNetBackbone(space).subnet(arch)
+    arch_cost(space, arch)
+    assert len(calls) == 1
 
 
 def test_resolve_arch_reads_a_best_json_of_the_same_space_only(tmp_path):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from detnas.space import (
-    CHOICE_KERNELS, NUM_CHOICES, Arch, ArchError, BlockSpec, SearchSpace, to_arch, validate_arch,
+    CHOICE_KERNELS, NUM_CHOICES, Arch, ArchError, BlockSpec, SearchSpace, to_arch,
 )
 
 
@@ -134,8 +134,8 @@ class Cost:
 def arch_cost(
     space: SearchSpace, arch: Arch, input_size: int | tuple[int, int] = 224, num_classes: int = 1000
 ) -> Cost:
-    """Body and full MACs and params of ``arch`` (a ``num_classes``-way classifier for "full")."""
-    arch = validate_arch(arch, space)
+    """Body and full MACs and params of ``arch``, an architecture of ``space`` (``space.resolve_arch``
+    checks what users give, once), with a ``num_classes``-way classifier for "full"."""
     t = cost_table(space, input_size, num_classes)
     body, params = t.body_macs(arch), t.body_params(arch)
     return Cost(body, body + t.head_macs, params, params + t.head_params)

@@ -215,10 +215,12 @@ def resolve_arch(
     if isinstance(text, str) and (text.endswith(".json") or Path(text).is_file()):
         return _arch_from_file(Path(text), name, mult)
     preset = PRESETS.get(text.strip()) if isinstance(text, str) else None
-    if name is None and preset is not None:
+    if name is None and preset is None:  # parse_arch without a space accepts only the lengths of known spaces
+        arch = parse_arch(text)
+        name = next(n for n, sp in SPACES.items() if sp.num_blocks == len(arch))
+        return arch, get_space(name, 1.0 if mult is None else mult)
+    if name is None:
         name = preset.space
-    elif name is None:  # parse_arch without a space accepts only the lengths of known spaces
-        name = next(n for n, sp in SPACES.items() if sp.num_blocks == len(parse_arch(text)))
     if mult is None:
         mult = preset.width_mult if preset else 1.0
     found = given or get_space(name, mult)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from detnas.blocks import ChoiceBlock, conv_bn
-from detnas.space import NUM_CHOICES, Arch, SearchSpace, arch_to_str, validate_arch
+from detnas.space import NUM_CHOICES, Arch, SearchSpace, arch_to_str
 
 STAGE_NAMES = ("c2", "c3", "c4", "c5")
 
@@ -22,6 +22,8 @@ class ShuffleNetBackbone(nn.Module):
     """ShuffleNetV2-style backbone over a search space.
 
     ``arch=None`` builds the supernet (all choices); a given ``arch`` builds the standalone network.
+    Architectures are those of ``space``: users' text is checked once, where it comes in
+    (``space.resolve_arch``), not again here.
     ``forward(x, arch)`` returns the stage outputs C2..C5 (strides 4/8/16/32) as an OrderedDict;
     ``classify(x, arch)`` adds the classification head (built when ``num_classes`` is set).
     """
@@ -35,7 +37,7 @@ class ShuffleNetBackbone(nn.Module):
     ):
         super().__init__()
         self.space = space
-        self.fixed_arch = None if arch is None else validate_arch(arch, space)
+        self.fixed_arch = None if arch is None else tuple(arch)
         self.active_arch: Arch | None = self.fixed_arch  # path used when forward() gets none
         self.stage_channels = list(space.stage_channels)
         self.stem = conv_bn(3, space.stem_channels, 3, 2)
@@ -99,7 +101,7 @@ class ShuffleNetBackbone(nn.Module):
         """A standalone network of ``arch`` holding copies of this supernet's weights and BN statistics."""
         if not self.is_supernet:
             raise ValueError("subnet() extracts from a supernet; this network is already standalone")
-        arch = validate_arch(arch, self.space)
+        arch = tuple(arch)
         net = ShuffleNetBackbone(
             self.space, arch, self.num_classes if with_head else None,
             dropout=self.head[3].p if self.head is not None else 0.1,
