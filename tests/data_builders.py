@@ -142,3 +142,30 @@ def make_retrained(path, kind: str = "fpn", classes=RETRAINED_CLASSES, stage: st
         "model": det.state_dict(), "step": 7, "optimizer": {}, "rng": {},
     })
     return det
+
+
+def coco_source(annotations: Path, images: Path) -> dict:
+    """A COCO detection source as a config writes it (``coco_source(*make_coco(root))``)."""
+    return {"format": "coco", "annotations": str(annotations), "images": str(images)}
+
+
+def merged(base: dict, update: dict) -> dict:
+    """``base`` with ``update`` on top: nested dicts are merged key by key, other values replace."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def finetune_cfg(source: dict, init: Path | None = None, **sections) -> dict:
+    """A finetuning config that trains a tiny detector on the detection source ``source`` in seconds,
+    from the pretraining checkpoint ``init`` if given; ``sections`` are merged on top (see ``merged``)."""
+    return merged({
+        "seed": 5,
+        "init": None if init is None else str(init),
+        "data": {"train": source, "holdout": {"size": 2, "seed": 1}},
+        "detector": {"min_size": 64, "max_size": 96},
+        "train": {"iters": 5, "batch_size": 2, "lr": 0.01, "weight_decay": 1e-4, "grad_clip": 10.0},
+        "logging": {"log_every": 1, "checkpoint_every": 100, "progress": False},
+        "eval": {"archs": ["0" * 20], "recalib_images": 4, "batch_size": 2},
+    }, sections)

@@ -28,6 +28,7 @@ from cli_checks import ENV, TORCHRUN, one_line_error
 from cli_checks import run_detnas as cli
 from cli_checks import run_here as run_cli
 from detnas.amp import autocast
+from data_builders import coco_source, finetune_cfg, merged
 from interruption import Interrupted, interrupt_at
 from detnas.configs import FinetuneConfig, FitnessConfig
 from detnas.data import build_demo_data
@@ -54,22 +55,23 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 # ----------------------------------------------------------------------------- the supernet
 
 
-def finetune_cfg(paths, **overrides) -> dict:
-    images = str(paths.det_images)
-    cfg = {
-        "seed": 1,
-        "data": {"train": {"format": "coco", "annotations": str(paths.det_train_json), "images": images},
-                 "test": {"format": "coco", "annotations": str(paths.det_test_json), "images": images},
-                 "holdout": {"size": HELD_OUT, "seed": 0}},
-        # score_thresh 0: a barely trained detector still scores, so archs get distinct, non-zero mAPs
-        "detector": {"min_size": 64, "max_size": 64, "score_thresh": 0.0, "rpn_post_nms_top_n_test": 50},
-        "train": {"iters": 20, "batch_size": 4, "lr": 0.02, "warmup_iters": 5, "grad_clip": 10.0},
-        "logging": {"log_every": 10, "checkpoint_every": 1000, "progress": False},
-        "eval": {"archs": ["0" * 20], "recalib_images": 4, "batch_size": 8},
-    }
-    for key, value in overrides.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
-    return cfg
+# the shared supernet's finetuning, on top of data_builders.finetune_cfg
+SUPERNET_FINETUNE = {
+    "seed": 1,
+    "data": {"holdout": {"size": HELD_OUT, "seed": 0}},
+    # score_thresh 0: a barely trained detector still scores, so archs get distinct, non-zero mAPs
+    "detector": {"min_size": 64, "max_size": 64, "score_thresh": 0.0, "rpn_post_nms_top_n_test": 50},
+    "train": {"iters": 20, "batch_size": 4, "lr": 0.02, "warmup_iters": 5, "weight_decay": 4e-5},
+    "logging": {"log_every": 10, "checkpoint_every": 1000},
+    "eval": {"batch_size": 8},
+}
+
+
+def supernet_finetune_cfg(paths, **overrides) -> dict:
+    """The shared supernet's finetuning config on the demo data ``paths``, ``overrides`` merged on top."""
+    test = coco_source(paths.det_test_json, paths.det_images)
+    sections = merged(merged(SUPERNET_FINETUNE, {"data": {"test": test}}), overrides)
+    return finetune_cfg(coco_source(paths.det_train_json, paths.det_images), **sections)
 
 
 class Supernet:
@@ -79,7 +81,7 @@ class Supernet:
                                      det_test=8, image_size=64, digit_height=(12, 40))
         self.run = root / "finetune"
         self.trained_ids: set[int] = set()  # every image id finetuning computed a loss on
-        cfg = FinetuneConfig.model_validate(finetune_cfg(self.paths))
+        cfg = FinetuneConfig.model_validate(supernet_finetune_cfg(self.paths))
         job = finetune_job(cfg, self.run)
         inner = job.loss
 
@@ -358,7 +360,7 @@ def test_resume_after_kill_9_under_torchrun(supernet, searched, tmp_path):
 
 def _finetune_elsewhere(supernet: Supernet, out: Path, interrupt: int | None = None, **overrides) -> Path:
     """A finetuning run in ``out``; ``interrupt``: killed before that step, with a checkpoint there."""
-    cfg = FinetuneConfig.model_validate(finetune_cfg(supernet.paths, **overrides))
+    cfg = FinetuneConfig.model_validate(supernet_finetune_cfg(supernet.paths, **overrides))
     job = finetune_job(cfg, out) if interrupt is None else interrupt_at(finetune_job(cfg, out), interrupt)
     try:
         run_training(job, cfg.train, cfg.seed, out, False, log_every=100, checkpoint_every=1, progress=False)
@@ -402,7 +404,7 @@ def test_bad_search_input_is_a_one_line_error(case, supernet, tmp_path):
 
 def test_a_search_split_as_large_as_the_training_set_is_refused_by_finetuning(supernet, tmp_path):
     n = len(json.loads(supernet.paths.det_train_json.read_text())["images"])
-    cfg = finetune_cfg(supernet.paths, data={"holdout": {"size": n, "seed": 0}})
+    cfg = supernet_finetune_cfg(supernet.paths, data={"holdout": {"size": n, "seed": 0}})
     config = tmp_path / "ft.yaml"
     config.write_text(yaml.safe_dump(cfg))
     r = run_cli("finetune", "--config", config, "--out", tmp_path / "out")

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from data_builders import make_coco, make_image_folder, make_voc  # noqa: E402
+from data_builders import coco_source, finetune_cfg, make_coco, make_image_folder, make_voc  # noqa: E402
 from cli_checks import DETNAS, ENV, one_line_error  # noqa: E402
 from cli_checks import run_detnas as cli  # noqa: E402
 from interruption import Interrupted, interrupt_at  # noqa: E402
@@ -79,21 +79,9 @@ def pretrain_cfg(data: Path, **train) -> dict:
     }
 
 
-def coco_source(data: Path) -> dict:
-    return {"format": "coco", "annotations": str(data / "coco" / "annotations.json"),
-            "images": str(data / "coco" / "images")}
-
-
-def finetune_cfg(data: Path, init: Path | None = None, **train) -> dict:
-    return {
-        "seed": 5,
-        "init": None if init is None else str(init),
-        "data": {"train": coco_source(data), "holdout": {"size": 2, "seed": 1}},
-        "detector": {"min_size": 64, "max_size": 96},
-        "train": {"iters": 5, "batch_size": 2, "lr": 0.01, "weight_decay": 1e-4, "grad_clip": 10.0, **train},
-        "logging": {"log_every": 1, "checkpoint_every": 100, "progress": False},
-        "eval": {"archs": [ALL0], "recalib_images": 4, "batch_size": 2},
-    }
+def coco(data: Path) -> dict:
+    """The module's COCO dataset as a config's detection source."""
+    return coco_source(data / "coco" / "annotations.json", data / "coco" / "images")
 
 
 def make_job(stage: str, cfg: dict, out: Path):
@@ -203,7 +191,7 @@ def test_pretrain_writes_checkpoint_log_tensorboard_metrics(pretrained):
 def test_finetune_coco_from_pretrain_holds_out_the_search_split(data, pretrained, tmp_path):
     seen: list = []
     out = tmp_path / "ft"
-    job, result = train("finetune", finetune_cfg(data, pretrained / CHECKPOINT), out, record=seen)
+    job, result = train("finetune", finetune_cfg(coco(data), pretrained / CHECKPOINT), out, record=seen)
     assert result["step"] == 5
     # the backbone started from the pretrained weights: an unchanged (off-path) choice still holds them
     pre, ft = read_ckpt(pretrained)["model"], read_ckpt(out)["model"]
@@ -227,7 +215,7 @@ def test_finetune_coco_from_pretrain_holds_out_the_search_split(data, pretrained
 
 
 def test_finetune_voc_retinanet(data, tmp_path):
-    cfg = finetune_cfg(data)
+    cfg = finetune_cfg(coco(data))
     cfg["data"] = {"train": {"format": "voc", "root": str(data / "voc"), "split": "trainval"},
                    "holdout": {"size": 2, "seed": 0}}
     cfg["detector"]["kind"] = "retinanet"
@@ -250,7 +238,7 @@ def test_demo_data_pretrain_then_finetune_through_the_cli(tmp_path, cli_here):
     pre = pretrain_cfg(tmp_path, iters=4)
     pre["data"].update(train=str(paths.cls_train), val=str(paths.cls_val))
     cli_here("pretrain", "--config", write_yaml(tmp_path / "pre.yaml", pre), "--out", tmp_path / "pre")
-    ft = finetune_cfg(tmp_path, tmp_path / "pre" / CHECKPOINT, iters=3)
+    ft = finetune_cfg(coco(tmp_path), tmp_path / "pre" / CHECKPOINT, train={"iters": 3})
     images = str(paths.det_images)
     ft["data"] = {"train": {"format": "coco", "annotations": str(paths.det_train_json), "images": images},
                   "test": {"format": "coco", "annotations": str(paths.det_val_json), "images": images}}
@@ -285,7 +273,7 @@ def test_only_the_sampled_path_is_updated(stage, data, tmp_path):
     keep every parameter and BN statistic bit for bit (even those A gave a momentum buffer), and
     only choices on a path ever get optimizer state."""
     out = tmp_path / "run"
-    cfg = pretrain_cfg(data, iters=4) if stage == "pretrain" else finetune_cfg(data, iters=4)
+    cfg = pretrain_cfg(data, iters=4) if stage == "pretrain" else finetune_cfg(coco(data), train={"iters": 4})
     cfg["logging"]["checkpoint_every"] = 1
     _, job = make_job(stage, cfg, out)
     s0 = {k: v.clone() for k, v in job.model.state_dict().items()}
@@ -331,7 +319,7 @@ def test_only_the_sampled_path_is_updated(stage, data, tmp_path):
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
 def test_resume_after_stop_equals_an_uninterrupted_run(stage, data, tmp_path):
-    cfg = pretrain_cfg(data, iters=7) if stage == "pretrain" else finetune_cfg(data, iters=5)
+    cfg = pretrain_cfg(data, iters=7) if stage == "pretrain" else finetune_cfg(coco(data), train={"iters": 5})
     cfg["logging"]["checkpoint_every"] = 2
     train(stage, cfg, tmp_path / "whole")
     # killed one step after a checkpoint taken mid-epoch (3 steps per epoch in both stages): the
@@ -369,7 +357,7 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(stage, data, pretrained
     if stage == "pretrain":
         cfg = pretrain_cfg(data, iters=16)
     else:
-        cfg = finetune_cfg(data, pretrained / CHECKPOINT, iters=8)
+        cfg = finetune_cfg(coco(data), pretrained / CHECKPOINT, train={"iters": 8})
     cfg["logging"]["checkpoint_every"] = 2
     config = write_yaml(tmp_path / "cfg.yaml", cfg)
     cli(stage, "--config", config, "--out", tmp_path / "whole")
@@ -421,7 +409,7 @@ def _kill_in_save(config: str, out: str, saves_before: int) -> None:
 
 def _bad_config(data: Path, tmp: Path, case: str) -> tuple[str, Path, list[str]]:
     """(stage, config file, expected fragments of the error line) for one kind of bad input."""
-    pre, ft = pretrain_cfg(data), finetune_cfg(data)
+    pre, ft = pretrain_cfg(data), finetune_cfg(coco(data))
     path = tmp / "cfg.yaml"
     if case == "malformed yaml":
         path.write_text("seed: 1\ntrain: [iters: 3\n")
@@ -489,14 +477,14 @@ def _foreign_init(kind: str, tmp: Path, pretrained: Path) -> tuple[Path, list[st
                                   "missing"])
 def test_bad_init_checkpoint_is_a_one_line_error(kind, data, pretrained, tmp_path, cli_here):
     init, expect = _foreign_init(kind, tmp_path, pretrained)
-    config = write_yaml(tmp_path / "ft.yaml", finetune_cfg(data, init))
+    config = write_yaml(tmp_path / "ft.yaml", finetune_cfg(coco(data), init))
     run = cli if kind in IN_A_PROCESS else cli_here
     one_line_error(run("finetune", "--config", config, "--out", tmp_path / "out", check=False), str(init), *expect)
     assert not (tmp_path / "out").exists()  # nothing written, not even the search split
 
 
 def test_a_large_space_pretrain_checkpoint_is_refused_by_a_small_finetune(data, pretrained, tmp_path, cli_here):
-    cfg = finetune_cfg(data, pretrained / CHECKPOINT)
+    cfg = finetune_cfg(coco(data), pretrained / CHECKPOINT)
     cfg["space"] = "large"
     cfg["eval"]["archs"] = ["0" * 40]
     r = cli_here("finetune", "--config", write_yaml(tmp_path / "ft.yaml", cfg), "--out", tmp_path / "out", check=False)
@@ -515,7 +503,7 @@ def test_resume_from_a_damaged_checkpoint_is_a_one_line_error(kind, data, pretra
 
 
 def test_existing_run_needs_resume_and_a_resume_needs_the_same_config(data, pretrained, tmp_path, cli_here):
-    cfg = finetune_cfg(data, pretrained / CHECKPOINT, iters=2)
+    cfg = finetune_cfg(coco(data), pretrained / CHECKPOINT, train={"iters": 2})
     config = write_yaml(tmp_path / "ft.yaml", cfg)
     out = tmp_path / "run"
     cli_here("finetune", "--config", config, "--out", out)
