@@ -38,9 +38,7 @@ from scipy.stats import kendalltau, spearmanr
 from _common import add_supernet_args, default_supernet, demo_settings, max_flops, prepare_supernet, recalibration_set
 
 from detnas.data.detection import collate
-from detnas.cocoeval import coco_map
-from detnas.detector import extract_detector
-from detnas.evaluate import detector_backbone_forward, predict, recalibrate_bn, recalibration_batches
+from detnas.evaluate import detection_metrics, recalibrated_path, recalibration_batches
 from detnas.flops import arch_cost, sample_arch
 from detnas.configs import FitnessConfig
 from detnas.search_stage import SupernetEvaluator
@@ -114,11 +112,10 @@ def main() -> None:
     t0 = time.perf_counter()
     for i, arch in enumerate(archs):
         stats = {}
-        for label, mode, imgs, _ in settings:  # as evaluate.evaluate_detection_path, keeping the statistics
-            sub = extract_detector(evaluator.detector, arch, nc, det).to(evaluator.device)
-            recalibrate_bn(sub, detector_backbone_forward(sub), batches(imgs, batch), mode)
+        for label, mode, imgs, _ in settings:  # as a search candidate is scored, keeping the statistics
+            sub = recalibrated_path(evaluator.detector, arch, nc, det, batches(imgs, batch), mode)
             stats[label] = bn_stats(sub)
-            maps[label].append(coco_map(evaluator.gt, predict(sub, evaluator.search_set, batch))["AP"])
+            maps[label].append(detection_metrics(sub, evaluator.search_set, batch, gt=evaluator.gt)["AP"])
         for label in stats:
             errors[label].append(stats_error(stats[label], stats[reference]))
         print(f"arch {i + 1}/{len(archs)} {arch_to_str(arch)}: reference mAP {maps[reference][-1]:.4f} "

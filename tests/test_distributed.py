@@ -5,7 +5,6 @@ single-process nn.BatchNorm2d on the concatenated batch."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from cli_checks import ENV
 from detnas import distributed as D
 
 WORLD = 2
@@ -95,8 +95,7 @@ def job(tmp_path_factory) -> list[dict]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "WORLD_SIZE": str(WORLD), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-           "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    env = {**ENV, "WORLD_SIZE": str(WORLD), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     procs = [
         subprocess.Popen([sys.executable, __file__, str(out_dir)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

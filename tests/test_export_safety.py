@@ -4,7 +4,6 @@ export that fails leaves the folder as it was."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import detnas.export
-from cli_checks import one_line_error
+from cli_checks import ENV, one_line_error
 from data_builders import TINY_DETECTOR
 from detnas.checkpoint import save_checkpoint
 from detnas.detector import DetectorConfig, build_detector
@@ -51,7 +50,7 @@ def test_export_after_the_plain_install(checkpoints, tmp_path):
         return subprocess.run([sys.executable, "-c", WITHOUT_ONNX, "export", "--checkpoint",
                                str(checkpoints["retrain"]), "--out", str(out), *extra],
                               capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+                              env=ENV)
 
     r = run()
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]

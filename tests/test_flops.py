@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from detnas.flops import arch_cost, cost_table, count_macs, count_params, sample_arch
-from detnas.space import ArchError, get_space, parse_arch
+from detnas.space import ArchError, get_space, parse_arch, to_arch
 from detnas.supernet import ShuffleNetBackbone
 
 SMALL = get_space("small")
@@ -34,7 +34,7 @@ def test_analytic_equals_hook_count_and_params(space_name, width, size, num_clas
     supernet = ShuffleNetBackbone(space, num_classes=num_classes).eval()
     h, w = (size, size) if isinstance(size, int) else size
     for _ in range(2):
-        arch = tuple(int(c) for c in rng.integers(0, 4, space.num_blocks))
+        arch = to_arch(rng.integers(0, 4, space.num_blocks))
         cost = arch_cost(space, arch, size, num_classes)
         x = torch.randn(1, 3, h, w)
         assert count_macs(supernet, x, arch) == cost.body_flops
@@ -47,8 +47,8 @@ def test_analytic_equals_hook_count_and_params(space_name, width, size, num_clas
 def test_space_range_is_attained_and_bounds_every_arch():
     table = cost_table(SMALL)
     lo, hi = table.body_range
-    cheapest = tuple(int(c) for c in table.macs.argmin(1))
-    dearest = tuple(int(c) for c in table.macs.argmax(1))
+    cheapest = to_arch(table.macs.argmin(1))
+    dearest = to_arch(table.macs.argmax(1))
     assert arch_cost(SMALL, cheapest).body_flops == lo and arch_cost(SMALL, dearest).body_flops == hi
     # the cheapest net mixes choices: Xception is cheaper at stride 2 (its first 1x1 runs after the stride)
     assert len(set(cheapest)) > 1

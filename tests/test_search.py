@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_checks import ENV
 from detnas.config import validate
 from detnas.errors import UserError
 from detnas.flops import arch_cost
@@ -30,7 +31,7 @@ from detnas.search import run_search
 from detnas.search_state import load_state
 from detnas.pareto import pareto_front
 from detnas.search_plots import plot_search, progress_curve
-from detnas.space import SearchSpace, arch_to_str, get_space
+from detnas.space import SearchSpace, arch_to_str, get_space, to_arch
 
 SPACE = get_space("small")
 WEIGHTS = np.random.default_rng(123).random((SPACE.num_blocks, 4))
@@ -107,7 +108,7 @@ def test_infeasible_constraints_fail_before_any_evaluation(tmp_path, kw, expect)
 def test_constraints_use_the_analytic_table():
     cfg = SearchConfig(**{**SMALL, "min_flops": 280e6, "max_params": 1_700_000})
     cons = check_constraints(SPACE, cfg)
-    a = tuple(int(c) for c in "21202112331300313132")  # COCO-FPN-300M: 288.08M body FLOPs
+    a = to_arch("21202112331300313132")  # COCO-FPN-300M: 288.08M body FLOPs
     assert cons.flops(a) == arch_cost(SPACE, a).body_flops and 288.0e6 < cons.flops(a) < 288.1e6
     assert cons.ok(a) == (cons.params(a) <= 1_700_000)
     assert not cons.ok((0,) * 20)  # 262.71M < 280M
@@ -125,10 +126,10 @@ def test_evolution_invariants(tmp_path):
     # never evaluated twice, every candidate within the constraints (checked independently)
     assert len({r["arch"] for r in h}) == len(h)
     for r in h:
-        cost = arch_cost(SPACE, tuple(int(c) for c in r["arch"]))
+        cost = arch_cost(SPACE, to_arch(r["arch"]))
         assert r["flops"] == cost.body_flops and r["params"] == cost.body_params
         assert 270e6 <= cost.body_flops <= 300e6 and cost.body_params <= 1_750_000
-        assert r["map"] == fitness(tuple(int(c) for c in r["arch"]))["map"]
+        assert r["map"] == fitness(to_arch(r["arch"]))["map"]
     assert [(r["generation"], r["index"]) for r in h] == [(g, i) for g in range(6) for i in range(20)]
 
     # elitism: top-k after generation g == best k of everything evaluated up to g
@@ -284,8 +285,7 @@ def test_two_gloo_workers_match_a_single_process(tmp_path):
     single = search(tmp_path, "single", generations=3)
     port, procs = _free_port(), []
     for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        env = {**ENV, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
         procs.append(subprocess.Popen([sys.executable, __file__, "worker", str(tmp_path)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     try:

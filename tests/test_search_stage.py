@@ -33,7 +33,7 @@ from interruption import Interrupted, interrupt_at
 from detnas.configs import FinetuneConfig, FitnessConfig
 from detnas.data import build_demo_data
 from detnas.detector import extract_detector
-from detnas.evaluate import detector_backbone_forward, predict, recalibrate_bn
+from detnas.evaluate import detector_backbone_forward, predict, recalibrate_bn, recalibrated_path
 from detnas.flops import arch_cost
 from detnas.runs import SPLIT_FILE
 from detnas.search_stage import SupernetEvaluator
@@ -422,8 +422,8 @@ def test_evaluator_map_equals_pycocotools_on_the_recalibrated_path(supernet, sea
     arch = parse_arch(max(searched["history"], key=lambda r: r["map"])["arch"])
     got = evaluator(arch)
 
-    sub = extract_detector(evaluator.detector, arch, len(evaluator.classes), evaluator.detector_cfg)
-    recalibrate_bn(sub, detector_backbone_forward(sub), evaluator.recalib, "cumulative")
+    sub = recalibrated_path(evaluator.detector, arch, len(evaluator.classes), evaluator.detector_cfg,
+                            evaluator.recalib)
     detections = predict(sub, evaluator.search_set, FITNESS["batch_size"])
     assert len(detections) > 100
     # the split file as written by finetuning, scored by pycocotools

@@ -1,6 +1,6 @@
 import pytest
 
-from detnas.space import PRESETS, ArchError, arch_to_str, get_space, parse_arch
+from detnas.space import PRESETS, ArchError, arch_to_str, get_space, parse_arch, to_arch
 
 SMALL, LARGE = get_space("small"), get_space("large")
 
@@ -32,7 +32,7 @@ def test_parse_accepts_digits_json_and_presets(text):
 
 def test_parse_without_space_infers_from_length():
     assert len(parse_arch("0" * 40)) == 40
-    assert parse_arch("detnasnet-1.3g") == tuple(int(c) for c in PRESETS["detnasnet-1.3g"].arch)
+    assert parse_arch("detnasnet-1.3g") == to_arch(PRESETS["detnasnet-1.3g"].arch)
 
 
 @pytest.mark.parametrize(

@@ -3,13 +3,13 @@ import pytest
 import torch
 
 from detnas.flops import count_params
-from detnas.space import get_space
+from detnas.space import get_space, to_arch
 from detnas.supernet import STAGE_NAMES, ShuffleNetBackbone
 
 
 def random_archs(space, n, seed):
     rng = np.random.default_rng(seed)
-    return [tuple(int(c) for c in rng.integers(0, 4, space.num_blocks)) for _ in range(n)]
+    return [to_arch(rng.integers(0, 4, space.num_blocks)) for _ in range(n)]
 
 
 def randomize_bn(module, seed):

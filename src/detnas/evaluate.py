@@ -117,6 +117,18 @@ def recalibration_batches(dataset, n_images: int, batch_size: int, collate_fn=No
     return CachedBatches(subset, batch_size, collate_fn, workers, budget_bytes, device, keep=lambda batch: batch[0])
 
 
+def recalibrated_path(supernet_detector: nn.Module, arch, num_classes: int, detector_cfg, recalib: Iterable,
+                      mode: RecalibMode = "cumulative") -> nn.Module:
+    """The standalone detector of one path (on the supernet's device) with its BN statistics
+    recomputed on ``recalib`` image batches."""
+    from detnas.detector import extract_detector
+
+    device = next(supernet_detector.parameters()).device
+    sub = extract_detector(supernet_detector, arch, num_classes, detector_cfg).to(device)
+    recalibrate_bn(sub, detector_backbone_forward(sub), recalib, mode)
+    return sub
+
+
 def evaluate_detection_path(
     supernet_detector: nn.Module, arch, num_classes: int, detector_cfg, recalib: Iterable, eval_batches: Iterable,
     gt: dict, mode: RecalibMode = "cumulative",
@@ -124,12 +136,8 @@ def evaluate_detection_path(
     """mAP of one path: extract it, recalibrate its BN on ``recalib`` image batches, evaluate on
     ``eval_batches`` ((images, targets) batches of the set whose ground truth is ``gt``). Also returns
     the seconds spent in each phase."""
-    from detnas.detector import extract_detector
-
     t0 = time.perf_counter()
-    device = next(supernet_detector.parameters()).device
-    sub = extract_detector(supernet_detector, arch, num_classes, detector_cfg).to(device)
-    recalibrate_bn(sub, detector_backbone_forward(sub), recalib, mode)
+    sub = recalibrated_path(supernet_detector, arch, num_classes, detector_cfg, recalib, mode)
     t1 = time.perf_counter()
     detections = predict_batches(sub, eval_batches)
     t2 = time.perf_counter()

@@ -17,7 +17,10 @@ from detnas.distributed import broadcast_object, is_main
 from detnas.rank_check import run_rank_check
 from detnas.report import write_report
 from detnas.retrain import run_retrain
-from detnas.runs import BEST_FILE, CHECKPOINT, PIPELINE_FILE, REPORT_FILE, is_finished, resume_point, retrain_dir
+from detnas.runs import (
+    BEST_FILE, CHECKPOINT, FINETUNE, FINETUNE_DIR, PIPELINE_FILE, PRETRAIN, PRETRAIN_DIR, RANK_CHECK_DIR, REPORT_FILE,
+    SEARCH_DIRS, is_finished, resume_point, retrain_dir,
+)
 from detnas.search_stage import run_search_stage
 from detnas.space import arch_to_str, get_space, resolve_arch
 from detnas.stages import finetune_job, pretrain_job, run_stage
@@ -75,28 +78,28 @@ def run_pipeline(cfg: PipelineConfig, out: Path) -> Path:
     pre_cfg = cfg.pretrain_config()
     init = None
     if pre_cfg is not None:
-        pre_dir = out / "pretrain"
-        stages.run("pretrain", is_finished(pre_dir), pre_dir,
+        pre_dir = out / PRETRAIN_DIR
+        stages.run(PRETRAIN, is_finished(pre_dir), pre_dir,
                    lambda: run_stage(pretrain_job(pre_cfg), pre_cfg, pre_dir, resume=True))
         init = pre_dir / CHECKPOINT
 
     ft_cfg = cfg.finetune_config(init)
-    ft_dir = out / "finetune"
-    stages.run("finetune", is_finished(ft_dir), ft_dir,
+    ft_dir = out / FINETUNE_DIR
+    stages.run(FINETUNE, is_finished(ft_dir), ft_dir,
                lambda: run_stage(finetune_job(ft_cfg, ft_dir), ft_cfg, ft_dir, resume=True))
 
     strategies = ["evolution"] + (["random"] if cfg.random_search else [])
     for strategy in strategies:
-        s_dir = out / ("search" if strategy == "evolution" else "random_search")
+        s_dir = out / SEARCH_DIRS[strategy]
         s_cfg = cfg.search_config(ft_dir, strategy)
         stages.run(f"search ({strategy})", is_finished(s_dir), s_dir,
                    lambda: run_search_stage(s_cfg, s_dir, resume=True))
 
     rt_cfg = cfg.retrain_config()
     # the searches' best architectures, read when their retraining starts (rank 0 wrote them by then)
-    candidates = {"searched": lambda: resolve_arch(str(out / "search" / BEST_FILE), space)[0]}
+    candidates = {"searched": lambda: resolve_arch(str(out / SEARCH_DIRS["evolution"] / BEST_FILE), space)[0]}
     if cfg.random_search:
-        candidates["random"] = lambda: resolve_arch(str(out / "random_search" / BEST_FILE), space)[0]
+        candidates["random"] = lambda: resolve_arch(str(out / SEARCH_DIRS["random"] / BEST_FILE), space)[0]
     if cfg.baseline:
         candidates["baseline"] = lambda: (0,) * space.num_blocks
     for repeat in range(cfg.retrain.seeds):
@@ -108,8 +111,8 @@ def run_pipeline(cfg: PipelineConfig, out: Path) -> Path:
                        lambda: run_retrain(arch(), seed_cfg, r_dir, resume=True,
                                            pretrain=seed_cfg.pretrain is not None))
     if cfg.rank_check is not None:  # the searches' best and the baseline first, then draws
-        rc_dir = out / "rank_check"
-        include = [str(out / d / BEST_FILE) for d in ("search", "random_search") if (out / d).is_dir()]
+        rc_dir = out / RANK_CHECK_DIR
+        include = [str(out / d / BEST_FILE) for d in SEARCH_DIRS.values() if (out / d).is_dir()]
         rc_cfg = cfg.rank_check_config(ft_dir, include + (["0" * space.num_blocks] if cfg.baseline else []))
 
         def rank_check() -> None:

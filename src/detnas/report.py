@@ -9,8 +9,8 @@ from pathlib import Path
 from detnas.atomic import write_text_atomic
 from detnas.fitness_check import NEAR_ZERO_MAP, read_warnings
 from detnas.runs import (
-    BEST_FILE, CHECKPOINT, GALLERY_DIR, HISTORY_FILE, METRICS_FILE, RANK_CHECK_FILE, REPORT_FILE, RESULT_FILE,
-    RETRAIN_DETECTOR_DIR,
+    BEST_FILE, CHECKPOINT, FINETUNE_DIR, GALLERY_DIR, HISTORY_FILE, METRICS_FILE, PARETO_PNG, PRETRAIN_DIR,
+    PROGRESS_PNG, RANK_CHECK_DIR, RANK_CHECK_FILE, REPORT_FILE, RESULT_FILE, RETRAIN_DETECTOR_DIR, SEARCH_DIRS,
     retrain_dir,
 )
 
@@ -29,7 +29,7 @@ def _pct(v: float | None) -> str:
 
 def _search_map(out: Path, arch: str) -> float | None:
     """The architecture's fitness (search-split mAP on the supernet) if a search evaluated it."""
-    for folder in ("search", "random_search"):
+    for folder in SEARCH_DIRS.values():
         path = out / folder / HISTORY_FILE
         if path.exists():
             for line in path.read_text().splitlines():
@@ -43,8 +43,8 @@ def _supernet(out: Path) -> tuple[list[str], list[str]]:
     """The supernet's own numbers (pretraining top-1, finetuning AP per evaluated path) as report lines,
     and the warnings they call for: a supernet that did not learn makes every later number meaningless."""
     lines, warnings = [], []
-    pre = _read(out / "pretrain" / METRICS_FILE)
-    ft = _read(out / "finetune" / METRICS_FILE)
+    pre = _read(out / PRETRAIN_DIR / METRICS_FILE)
+    ft = _read(out / FINETUNE_DIR / METRICS_FILE)
     if pre is None and ft is None:
         return lines, warnings
     lines += ["## Supernet", "", "Each evaluated path of the supernet, after BN recalibration (in %).", "",
@@ -148,7 +148,7 @@ def gallery(out: Path, test_source) -> list[str]:
 
 def _rank_check(out: Path) -> list[str]:
     """The rank check's agreement (tau with its interval, the seed-noise ceiling) and its table."""
-    summary = _read(out / "rank_check" / RANK_CHECK_FILE)
+    summary = _read(out / RANK_CHECK_DIR / RANK_CHECK_FILE)
     if summary is None:
         return []
     agree, ceiling = summary["fitness_vs_standalone"], summary["noise_ceiling"]
@@ -179,24 +179,25 @@ def write_report(out: Path, seconds: dict[str, float], cfg) -> Path:
         "AP and top-1 are in %.", "",
     ]
     supernet_lines, warnings = _supernet(out)
-    for folder, label in (("search", "search (evolution)"), ("random_search", "random search")):
-        warnings += [f"{label}: {w}" for w in read_warnings(out / folder)]
+    for strategy, label in (("evolution", "search (evolution)"), ("random", "random search")):
+        warnings += [f"{label}: {w}" for w in read_warnings(out / SEARCH_DIRS[strategy])]
     if warnings:
         lines += ["## Warnings", "", "**The search result below should not be trusted:**", ""]
         lines += [f"- {w}" for w in warnings] + [""]
     lines += _retrained(out, cfg.retrain.seeds)
     lines += gallery(out, cfg.detection.test)
     lines += supernet_lines
-    best = _read(out / "search" / BEST_FILE)
-    history = out / "search" / HISTORY_FILE
+    search = SEARCH_DIRS["evolution"]
+    best = _read(out / search / BEST_FILE)
+    history = out / search / HISTORY_FILE
     if best is not None and history.exists():
         n = sum(1 for _ in history.read_text().splitlines())
         lines += [
             "## Search", "",
             f"{n} architectures evaluated; best `{best['arch']}` with search mAP {_pct(best['map'])} "
             f"at {best['flops'] / 1e6:.1f}M body FLOPs.", "",
-            "![best and mean top-k mAP per generation](search/search_progress.png)", "",
-            "![mAP against FLOPs, Pareto front marked](search/search_pareto.png)", "",
+            f"![best and mean top-k mAP per generation]({search}/{PROGRESS_PNG})", "",
+            f"![mAP against FLOPs, Pareto front marked]({search}/{PARETO_PNG})", "",
         ]
     lines += _rank_check(out)
     lines += ["## Time per stage", "", "| stage | minutes |", "|---|---:|"]

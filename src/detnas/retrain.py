@@ -15,7 +15,7 @@ from detnas.configs import RetrainConfig
 from detnas.distributed import is_main
 from detnas.errors import UserError
 from detnas.flops import arch_cost
-from detnas.runs import CHECKPOINT, METRICS_FILE, RESULT_FILE, RETRAIN_DETECTOR_DIR, is_finished
+from detnas.runs import CHECKPOINT, METRICS_FILE, RESULT_FILE, RETRAIN_DETECTOR_DIR, RETRAIN_PRETRAIN_DIR, is_finished
 from detnas.space import Arch, arch_to_str, get_space
 from detnas.stages import finetune_job, pretrain_job, run_stage
 
@@ -34,7 +34,7 @@ def run_retrain(arch: Arch, cfg: RetrainConfig, out_dir: Path, resume: bool, pre
     init = cfg.init
     if pretrain and cfg.pretrain is not None:
         pre_cfg = cfg.pretrain_config()
-        pre_dir = out_dir / "pretrain"
+        pre_dir = out_dir / RETRAIN_PRETRAIN_DIR
         if not (resume and is_finished(pre_dir)):
             run_stage(pretrain_job(pre_cfg, arch), pre_cfg, pre_dir, resume)
         init = pre_dir / CHECKPOINT

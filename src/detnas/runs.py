@@ -30,7 +30,8 @@ FITNESS_CHECK_FILE = "fitness_check.json"  # does the fitness separate the candi
 BEST_FILE = "best.json"  # written last
 # retraining
 RESULT_FILE = "result.json"  # written last
-RETRAIN_DETECTOR_DIR = "detector"  # the detector training, beside the optional "pretrain"
+RETRAIN_PRETRAIN_DIR = "pretrain"  # the optional classification pretraining of the standalone network
+RETRAIN_DETECTOR_DIR = "detector"  # then its detector training
 # rank check
 RANK_PLAN_FILE = "rank_plan.json"  # the architectures checked
 RANK_SCORES_FILE = "rank_scores.json"  # their supernet fitness, with what it was computed from
@@ -42,6 +43,13 @@ REPORT_FILE = "report.md"
 GALLERY_DIR = "gallery"  # the report's images: searched and baseline detections on test images
 
 FINISHED_MARKERS = (METRICS_FILE, BEST_FILE, RESULT_FILE, RANK_CHECK_FILE)
+
+# the pipeline's run folder: one sub-folder per stage
+PRETRAIN_DIR = "pretrain"
+FINETUNE_DIR = "finetune"
+SEARCH_DIRS = {"evolution": "search", "random": "random_search"}  # per search strategy
+RETRAIN_DIR = "retrain"
+RANK_CHECK_DIR = "rank_check"
 
 # stage names, as saved in checkpoints
 PRETRAIN = "pretrain"  # supernet on classification data
@@ -61,7 +69,7 @@ SEARCH_RESUMABLE = ("generations",)
 def retrain_dir(out: Path, name: str, repeat: int) -> Path:
     """The pipeline's folder for the ``repeat``-th seed of retraining ``name`` (the first keeps the
     folder of runs made before retraining had several seeds)."""
-    return Path(out) / "retrain" / (name if repeat == 0 else f"{name}-seed{repeat}")
+    return Path(out) / RETRAIN_DIR / (name if repeat == 0 else f"{name}-seed{repeat}")
 
 
 def is_finished(run_dir: str | Path) -> bool:
