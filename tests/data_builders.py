@@ -31,8 +31,11 @@ def make_coco(
     categories: dict[int, str] | None = None,
     objects: dict[int, list[tuple[int, list[float]]]] | None = None,
     crowd: dict[int, list[tuple[int, list[float]]]] | None = None,
+    image_folder: str = "images",
+    annotation_file: str = "annotations.json",
 ) -> tuple[Path, Path]:
-    """``root/images/img<i>.png`` (``size`` = width, height) and ``root/annotations.json``.
+    """``root/images/img<i>.png`` (``size`` = width, height) and ``root/annotations.json``; other names
+    with ``image_folder`` and ``annotation_file`` (COCO's: ``train2017``, ``annotations/instances_train2017.json``).
 
     Image ids are 1..n_images. ``objects`` maps an image id to (category id, [x, y, w, h]) pairs;
     ``crowd`` the same for iscrowd=1 regions. Defaults: categories {1: "cat", 2: "dog"}; image i holds
@@ -42,7 +45,7 @@ def make_coco(
     if objects is None:
         objects = {i: [(1, [4 * i, 2 * i, 10, 8])] + ([(2, [30, 20, 12, 16])] if i % 2 else [])
                    for i in range(1, n_images + 1)}
-    image_dir = root / "images"
+    image_dir = root / image_folder
     images, annotations = [], []
     for i in range(1, n_images + 1):
         write_image(image_dir / f"img{i}.png", *size, seed=i)
@@ -52,7 +55,8 @@ def make_coco(
             for cat_id, bbox in objs:
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cat_id,
                                     "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": iscrowd})
-    ann_file = root / "annotations.json"
+    ann_file = root / annotation_file
+    ann_file.parent.mkdir(parents=True, exist_ok=True)
     ann_file.write_text(json.dumps({
         "images": images, "annotations": annotations,
         "categories": [{"id": k, "name": v} for k, v in categories.items()],
@@ -169,3 +173,17 @@ def finetune_cfg(source: dict, init: Path | None = None, **sections) -> dict:
         "logging": {"log_every": 1, "checkpoint_every": 100, "progress": False},
         "eval": {"archs": ["0" * 20], "recalib_images": 4, "batch_size": 2},
     }, sections)
+
+
+def make_standard_layouts(root: Path) -> Path:
+    """Tiny datasets in the folder layouts the packaged configs expect under ``--data-root root``:
+    COCO (``annotations/instances_{train,val}2017.json``, ``train2017/``, ``val2017/``), Pascal VOC
+    (``VOCdevkit/VOC2012`` trainval, ``VOCdevkit/VOC2007`` test) and ImageNet (``imagenet/{train,val}/<class>/``)."""
+    for split, n in (("train", 6), ("val", 2)):
+        make_coco(root, n_images=n, image_folder=f"{split}2017", annotation_file=f"annotations/instances_{split}2017.json")
+    objects = {f"{i:06d}": [("dog" if i % 2 else "cat", (4, 5, 24, 30))] for i in range(1, 7)}
+    make_voc(root / "VOCdevkit" / "VOC2012", objects=objects, splits={"trainval": sorted(objects)})
+    make_voc(root / "VOCdevkit" / "VOC2007", objects=objects, splits={"test": sorted(objects)[:2]})
+    for split in ("train", "val"):
+        make_image_folder(root / "imagenet" / split, classes=("a", "b"), per_class=2)
+    return root

@@ -247,19 +247,53 @@ def rank_check(
     run_rank_check(stage_cfg, out or Path("runs") / "rank-check", resume)
 
 
+def _overrides(settings: list[str]) -> dict:
+    """``--set KEY=VALUE`` options as dotted-key overrides, each value read as YAML."""
+    import yaml
+
+    out = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set takes KEY=VALUE (a dotted key such as search.max_flops=280e6), got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 @app.command()
 def pipeline(
-    config: ConfigOpt,
+    config: Annotated[str, typer.Option("--config", help="YAML config file, or a packaged config: coco-fpn-small, "
+                                        "coco-retinanet-small, voc-fpn-small, coco-fpn-large")],
     out: Annotated[Path, typer.Option("--out", help="run folder; rerun to continue an interrupted run")] = Path(
         "runs/pipeline"
     ),
+    data_root: Annotated[Optional[Path], typer.Option(
+        "--data-root", help="fills ${data_root} in the config's data paths (packaged configs: the dataset folder)")] = None,
+    imagenet: Annotated[Optional[Path], typer.Option(
+        "--imagenet", help="fills ${imagenet}: train/ and val/ class folders (default: DATA_ROOT/imagenet)")] = None,
+    settings: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE on top of the config, e.g. "
+                                                          "--set search.max_flops=280e6 (repeatable)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="check the config and data, print the plan, "
+                                          "write nothing")] = False,
 ) -> None:
     """All stages: pretrain, finetune, search (+ random search), retrain searched/random/baseline, report."""
-    from detnas.config import load_config
+    from detnas.config import find_config, load_config
     from detnas.configs import PipelineConfig
+
+    if imagenet is None and data_root is not None:
+        imagenet = data_root / "imagenet"
+    cfg = load_config(find_config(config), PipelineConfig, _overrides(settings or []),
+                      {"data_root": data_root, "imagenet": imagenet})
+    if dry_run:  # under torchrun: every worker checks, the first one prints
+        from detnas.dry_run import dry_run as plan
+
+        lines = plan(cfg, out, int(os.environ.get("WORLD_SIZE", 1)))
+        if os.environ.get("RANK", "0") == "0":
+            print("\n".join(lines))
+        return
     from detnas.pipeline import run_pipeline
 
-    report = run_pipeline(load_config(config, PipelineConfig), out)
+    report = run_pipeline(cfg, out)
     print(f"report: {report}")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
@@ -44,8 +46,52 @@ def validate(model: type[M], data: dict, source: str | Path) -> M:
         raise UserError(describe_error(e), source) from None
 
 
-def load_config(path: str | Path, model: type[M], overrides: dict | None = None) -> M:
-    """Read ``path`` as YAML into ``model``; ``overrides`` (dotted keys) are applied on top."""
+def packaged_configs() -> dict[str, Path]:
+    """The experiment configs shipped in ``detnas/configs`` by name (the demo's is ``detnas demo``'s own)."""
+    folder = Path(str(resources.files("detnas").joinpath("configs")))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml")) if p.stem != "demo"}
+
+
+def find_config(text: str | Path) -> Path:
+    """A config file: the path ``text`` if there is such a file, else the packaged config of that name."""
+    path = Path(text)
+    if path.is_file():
+        return path
+    packaged = packaged_configs()
+    if str(text) in packaged:
+        return packaged[str(text)]
+    raise UserError(f"config file not found (or give a packaged config: {', '.join(packaged)})", path)
+
+
+_VARIABLE = re.compile(r"\$\{([^}]*)\}")
+
+
+def substitute(data, variables: dict[str, str | Path | None], source: Path):
+    """``data`` with every ``${name}`` in its strings replaced by ``variables[name]``: the packaged
+    configs write their data paths as ``${data_root}/...``, filled in from the command line."""
+    if isinstance(data, dict):
+        return {k: substitute(v, variables, source) for k, v in data.items()}
+    if isinstance(data, list):
+        return [substitute(v, variables, source) for v in data]
+    if not isinstance(data, str):
+        return data
+
+    def value(match: re.Match) -> str:
+        name = match[1]
+        if name not in variables:
+            known = f"known: {', '.join(variables)}" if variables else "this command fills in none"
+            raise UserError(f"unknown variable ${{{name}}} ({known})", source)
+        if variables[name] is None:
+            raise UserError(f"the config's paths use ${{{name}}}: pass --{name.replace('_', '-')} DIR", source)
+        return str(variables[name]).rstrip("/")
+
+    return _VARIABLE.sub(value, data)
+
+
+def load_config(path: str | Path, model: type[M], overrides: dict | None = None,
+                variables: dict[str, str | Path | None] | None = None) -> M:
+    """Read ``path`` as YAML into ``model``; ``overrides`` (dotted keys) are applied on top, and the
+    ``${name}`` of ``variables`` filled in (see ``substitute``)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -65,4 +111,4 @@ def load_config(path: str | Path, model: type[M], overrides: dict | None = None)
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return validate(model, data, path)
+    return validate(model, substitute(data, variables or {}, path), path)

@@ -68,11 +68,35 @@ class _Stages:
         self._add(name, time.perf_counter() - start)
 
 
+class _Plan:
+    """In place of ``_Stages`` for a dry run: lists each stage and its folder, runs and writes nothing."""
+
+    def __init__(self):
+        self.stages: list[tuple[str, Path]] = []
+
+    def run(self, name: str, done: bool, run_dir: Path, fn) -> None:
+        self.stages.append((name, run_dir))
+
+
 def run_pipeline(cfg: PipelineConfig, out: Path) -> Path:
     """Run (or continue) the pipeline in ``out``; returns the path of ``report.md``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stages = _Stages(out)
+    _run_stages(cfg, out, stages)
+    if is_main():
+        return write_report(out, stages.state["seconds"], cfg)
+    return out / REPORT_FILE
+
+
+def planned_stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path]]:
+    """The stages ``run_pipeline`` runs for ``cfg``, in order: (name, folder in ``out``)."""
+    plan = _Plan()
+    _run_stages(cfg, Path(out), plan)
+    return plan.stages
+
+
+def _run_stages(cfg: PipelineConfig, out: Path, stages: _Stages | _Plan) -> None:
     space = get_space(cfg.space, cfg.width_mult)
 
     pre_cfg = cfg.pretrain_config()
@@ -122,6 +146,3 @@ def run_pipeline(cfg: PipelineConfig, out: Path) -> Path:
             run_rank_check(rc_cfg, rc_dir, resume=True, known=known)
 
         stages.run("rank check", is_finished(rc_dir), rc_dir, rank_check)
-    if is_main():
-        return write_report(out, stages.state["seconds"], cfg)
-    return out / REPORT_FILE
