@@ -4,6 +4,7 @@ commands run here for real; every other `detnas` command line names a real comma
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -49,7 +50,8 @@ def test_readme_commands_name_real_commands_and_options():
         sub = args[0]
         if sub not in helps:
             r = subprocess.run([sys.executable, "-m", "detnas", sub, "--help"], capture_output=True, text=True,
-                               timeout=120, env={"COLUMNS": "300", "PATH": "/usr/bin:/bin"})
+                               timeout=120, env={"COLUMNS": "300", "PATH": "/usr/bin:/bin",
+                                                      "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
             assert r.returncode == 0, f"README uses unknown command 'detnas {sub}': {r.stderr}"
             helps[sub] = r.stdout
         for option in (a for a in args[1:] if a.startswith("--")):
