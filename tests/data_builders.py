@@ -180,7 +180,8 @@ def make_standard_layouts(root: Path) -> Path:
     COCO (``annotations/instances_{train,val}2017.json``, ``train2017/``, ``val2017/``), Pascal VOC
     (``VOCdevkit/VOC2012`` trainval, ``VOCdevkit/VOC2007`` test) and ImageNet (``imagenet/{train,val}/<class>/``)."""
     for split, n in (("train", 6), ("val", 2)):
-        make_coco(root, n_images=n, image_folder=f"{split}2017", annotation_file=f"annotations/instances_{split}2017.json")
+        make_coco(root, n_images=n, image_folder=f"{split}2017",
+                  annotation_file=f"annotations/instances_{split}2017.json")
     objects = {f"{i:06d}": [("dog" if i % 2 else "cat", (4, 5, 24, 30))] for i in range(1, 7)}
     make_voc(root / "VOCdevkit" / "VOC2012", objects=objects, splits={"trainval": sorted(objects)})
     make_voc(root / "VOCdevkit" / "VOC2007", objects=objects, splits={"test": sorted(objects)[:2]})

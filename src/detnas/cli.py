@@ -268,7 +268,8 @@ def pipeline(
         "runs/pipeline"
     ),
     data_root: Annotated[Optional[Path], typer.Option(
-        "--data-root", help="fills ${data_root} in the config's data paths (packaged configs: the dataset folder)")] = None,
+        "--data-root", help="fills ${data_root} in the config's paths (packaged configs: the dataset folder)",
+    )] = None,
     imagenet: Annotated[Optional[Path], typer.Option(
         "--imagenet", help="fills ${imagenet}: train/ and val/ class folders (default: DATA_ROOT/imagenet)")] = None,
     settings: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE on top of the config, e.g. "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from detnas.data.detection import collate
 from detnas.data.sources import load_detection, load_training_set
 from detnas.data.transforms import DetectionTransform
 from detnas.detector import build_detector, set_path
+from detnas.distributed import map_in_rounds, on_main
 from detnas.errors import UserError
 from detnas.data.loading import CachedBatches, data_workers
 from detnas.evaluate import (
@@ -32,6 +34,14 @@ from detnas.train import Job, path_for_step, run_training
 
 def space_meta(cfg) -> dict:
     return {"space": cfg.space, "width_mult": cfg.width_mult}
+
+
+def each_path(archs: list[Arch], evaluate) -> dict:
+    """``{arch string: evaluate(arch)}`` with the paths shared out over the workers (each evaluates its
+    own on a standalone copy: no collective inside), gathered on every worker. The final evaluation
+    of a supernet is thus not repeated on every worker; a standalone network's runs on rank 0 alone."""
+    results = [r for round_results in map_in_rounds(archs, evaluate) for r in round_results]
+    return {arch_to_str(a): r for a, r in zip(archs, results)}
 
 
 def eval_archs(space: SearchSpace, cfg: EvalConfig, seed: int, sampling) -> list[Arch]:
@@ -69,16 +79,21 @@ def pretrain_job(cfg: PretrainConfig, arch: Arch | None = None) -> Job:
     def final_eval(model) -> dict:
         loading = eval_loading(cfg, model)
         if arch is not None:  # a standalone network has its own BN statistics: no recalibration
-            val = CachedBatches(val_set, cfg.eval.batch_size * 4, None, loading["workers"], 0, loading["device"])
-            return {"top1": {arch_to_str(arch): classification_top1(model, val)}}
-        recalib = recalibration_batches(train_set, cfg.eval.recalib_images, cfg.eval.batch_size, seed=cfg.seed,
-                                        **loading)
-        loading["budget_bytes"] -= recalib.cached_bytes
-        val = CachedBatches(val_set, cfg.eval.batch_size * 4, None, **loading)
-        top1 = {
-            arch_to_str(a): evaluate_classification_path(model, a, recalib, val, cfg.eval.recalib_mode)
-            for a in eval_archs(space, cfg.eval, cfg.seed, cfg.sampling)
-        }
+            def standalone() -> dict:
+                val = CachedBatches(val_set, cfg.eval.batch_size * 4, None, loading["workers"], 0, loading["device"])
+                return {"top1": {arch_to_str(arch): classification_top1(model, val)}}
+
+            return on_main(standalone)
+
+        @cache
+        def batches() -> tuple:  # decoded by the workers that evaluate a path, once each
+            recalib = recalibration_batches(train_set, cfg.eval.recalib_images, cfg.eval.batch_size, seed=cfg.seed,
+                                            **loading)
+            rest = {**loading, "budget_bytes": loading["budget_bytes"] - recalib.cached_bytes}
+            return recalib, CachedBatches(val_set, cfg.eval.batch_size * 4, None, **rest)
+
+        top1 = each_path(eval_archs(space, cfg.eval, cfg.seed, cfg.sampling),
+                         lambda a: evaluate_classification_path(model, a, *batches(), cfg.eval.recalib_mode))
         return {"top1": top1, "chance": 1 / len(train_set.classes)}
 
     grow = None
@@ -151,17 +166,19 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None) -
         gt = eval_set.to_coco()
         loading = eval_loading(cfg, model)
         if arch is not None:  # a standalone network has its own BN statistics: no recalibration
-            return {"split": "test",
-                    "metrics": detection_metrics(model, eval_set, cfg.eval.batch_size, loading["workers"], gt)}
-        recalib = recalibration_batches(train_set, cfg.eval.recalib_images, cfg.eval.batch_size, collate, cfg.seed,
-                                        **loading)
-        loading["budget_bytes"] -= recalib.cached_bytes
-        eval_batches = CachedBatches(eval_set, cfg.eval.batch_size, collate, **loading)
-        results = {
-            arch_to_str(a): evaluate_detection_path(model, a, num_classes, det, recalib, eval_batches, gt,
-                                                    cfg.eval.recalib_mode)
-            for a in eval_archs(space, cfg.eval, cfg.seed, cfg.sampling)
-        }
+            return on_main(lambda: {"split": "test", "metrics": detection_metrics(
+                model, eval_set, cfg.eval.batch_size, loading["workers"], gt)})
+
+        @cache
+        def batches() -> tuple:  # decoded by the workers that evaluate a path, once each
+            recalib = recalibration_batches(train_set, cfg.eval.recalib_images, cfg.eval.batch_size, collate,
+                                            cfg.seed, **loading)
+            rest = {**loading, "budget_bytes": loading["budget_bytes"] - recalib.cached_bytes}
+            return recalib, CachedBatches(eval_set, cfg.eval.batch_size, collate, **rest)
+
+        results = each_path(eval_archs(space, cfg.eval, cfg.seed, cfg.sampling),
+                            lambda a: evaluate_detection_path(model, a, num_classes, det, *batches(), gt,
+                                                              cfg.eval.recalib_mode))
         return {"split": "search" if holdout is not None else "test", "map": results}
 
     return Job(
