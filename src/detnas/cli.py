@@ -183,7 +183,8 @@ def finetune(config: ConfigOpt, out: OutOpt = None, resume: ResumeOpt = False) -
 
 @app.command()
 def search(config: ConfigOpt, out: OutOpt = None, resume: ResumeOpt = False) -> None:
-    """Stage 3: evolutionary (or random) search of the finetuned supernet under a FLOPs budget."""
+    """Stage 3: evolutionary, Pareto (NSGA-II) or random search of the finetuned supernet under a FLOPs, params
+    or latency budget."""
     from detnas.config import load_config
     from detnas.configs import SearchStageConfig
     from detnas.search_stage import run_search_stage
