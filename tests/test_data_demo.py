@@ -48,11 +48,34 @@ def test_read_by_the_same_readers_as_user_data(built):
     assert sorted(label for _, label in cls.samples) == sorted(list(range(10)) * 4)  # stratified
     assert len(ImageFolderDataset(paths.cls_val)) == 10
     det = load_coco(paths.det_train_json, paths.det_images)
-    assert det.categories == [str(d) for d in range(10)] and len(det) == 8
+    assert det.categories == ["digit"] and len(det) == 8  # by default every digit is one class
     image, target = det[0]
     assert image.shape == (3, 64, 64)
     assert ((target["boxes"] >= 0) & (target["boxes"] <= 64)).all()
     assert sum(len(det[i][1]["labels"]) for i in range(len(det))) == len(_annotations(paths.det_train_json))
+
+
+def test_ten_classes_label_each_digit_by_its_value(tmp_path):
+    paths = build_demo_data(tmp_path / "ten", seed=0, **{**TINY, "one_class": False})
+    coco = json.loads(paths.det_train_json.read_text())
+    assert [c["name"] for c in coco["categories"]] == [str(d) for d in range(10)]
+    labels = demo.mnist_digits()[1]
+    assert coco["annotations"]
+    assert all(a["category_id"] == labels[a["mnist_index"]] + 1 for a in coco["annotations"])
+
+
+def test_background_blur_smooths_the_photo_not_the_digits():
+    digits = demo.mnist_digits()[0][:50]
+    checker = [np.kron((np.indices((50, 50)).sum(0) % 2) * 255, np.ones((2, 2)))[..., None].repeat(3, -1)
+               .astype(np.uint8)]  # 2 px squares: detail a blur removes
+    sharp, _ = demo._render_image(checker, digits, np.arange(50), np.random.default_rng(3), 64, (10, 20), 0.0)
+    soft, objects = demo._render_image(checker, digits, np.arange(50), np.random.default_rng(3), 64, (10, 20), 2.0)
+    background = np.ones((64, 64), bool)
+    for (x1, y1, x2, y2), _ in objects:
+        background[y1:y2, x1:x2] = False
+    assert soft[background].std() < 0.2 * sharp[background].std()
+    for (x1, y1, x2, y2), _ in objects:  # the same digits in the same places, drawn sharp on the blur
+        assert np.abs(soft[y1:y2, x1:x2].astype(int) - 128).max() > 64
 
 
 def test_boxes_tight_around_digit_pixels():

@@ -248,7 +248,7 @@ def test_demo_data_pretrain_then_finetune_through_the_cli(tmp_path, cli_here):
     metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert metrics["split"] == "test" and ALL0 in metrics["map"]  # no holdout: evaluated on data.test
     assert not (tmp_path / "ft" / "search_split.json").exists()
-    assert read_ckpt(tmp_path / "ft")["classes"] == [str(d) for d in range(10)]
+    assert read_ckpt(tmp_path / "ft")["classes"] == ["digit"]  # the demo's detection task: one class
 
 
 def test_model_initialisation_follows_the_seed(data, tmp_path):
