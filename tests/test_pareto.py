@@ -155,3 +155,15 @@ def test_retrain_picks_from_the_front(tmp_path, cli_here, monkeypatch):
 def test_infeasible_pareto_search_fails_fast(tmp_path):
     with pytest.raises(UserError, match="latency <= 20 ms"):
         search(tmp_path, "x", evaluate=never, latency_table=synthetic(tmp_path), max_latency_ms=20, **PARETO)
+
+
+def test_the_pipeline_refuses_a_strategy_it_would_not_run():
+    from detnas.config import validate
+    from detnas.configs import PipelineConfig
+
+    schedule = {"iters": 1, "batch_size": 2, "lr": 0.1}
+    cfg = {"detection": {"train": {"annotations": "a.json", "images": "img"}, "holdout": {"size": 1}},
+           "finetune": schedule, "retrain": {"train": schedule}}
+    assert validate(PipelineConfig, cfg, "p.yaml").search.strategy == "evolution"
+    with pytest.raises(UserError, match="p.yaml: search.strategy: the pipeline runs the evolution .* not 'pareto'"):
+        validate(PipelineConfig, {**cfg, "search": {"strategy": "pareto"}}, "p.yaml")

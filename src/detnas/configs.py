@@ -323,6 +323,10 @@ class PipelineConfig(SpaceConfig):
         if self.detection.holdout.size < 1:
             raise ValueError("detection.holdout.size must be at least 1: the search is scored on images held "
                              "out of training (the paper: 5000 of COCO trainval35k)")
+        if self.search.strategy != "evolution":  # the pipeline runs the evolution (and random search) itself
+            raise ValueError(f"search.strategy: the pipeline runs the evolution (and random search with "
+                             f"random_search: true), not '{self.search.strategy}'; run `detnas search` with "
+                             "this strategy on the pipeline's finetune folder")
         return self
 
     def common(self) -> dict:
