@@ -121,3 +121,40 @@ def add_supernet_args(ap: argparse.ArgumentParser) -> None:
                          "$TMPDIR/detnas-bench)")
     ap.add_argument("--finetune-iters", type=int, default=None, help="when finetuning one (default: the demo's)")
     ap.add_argument("--one-class", action="store_true", help="when finetuning one: the digits as a single class")
+
+
+# the paper's COCO detector (SPEC section 5): FPN Faster R-CNN, 800x1333
+PAPER_DETECTOR = {"kind": "fpn", "fpn_channels": 256, "box_head_channels": 1024, "anchor_size": 32,
+                  "min_size": 800, "max_size": 1333, "rpn_pre_nms_top_n_train": 2000,
+                  "rpn_post_nms_top_n_train": 2000, "rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 1000,
+                  "box_batch_size_per_image": 512}
+
+
+def synthetic_coco(root: Path, n_images: int, n_files: int = 32, size: tuple[int, int] = (640, 480),
+                   classes: int = 80, seed: int = 0) -> tuple[Path, Path]:
+    """A COCO-shaped training set: ``n_images`` annotated images (three boxes each, ``classes``
+    categories) at COCO's typical 640x480, as JPEGs of smooth random content. Image ``i`` reads file
+    ``i % n_files``: decoding costs what it would, without writing thousands of files.
+    Returns (annotation file, image folder)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    image_dir = root / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    for f in range(n_files):
+        coarse = rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize(size, Image.BICUBIC).save(image_dir / f"{f}.jpg", quality=90)
+    images, annotations = [], []
+    for i in range(1, n_images + 1):
+        images.append({"id": i, "file_name": f"{i % n_files}.jpg", "width": width, "height": height})
+        for _ in range(3):
+            w, h = rng.uniform(20, width / 2), rng.uniform(20, height / 2)
+            x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "bbox": [x, y, w, h], "area": w * h,
+                                "category_id": int(rng.integers(1, classes + 1)), "iscrowd": 0})
+    ann = root / "train.json"
+    ann.write_text(json.dumps({"images": images, "annotations": annotations,
+                               "categories": [{"id": k, "name": f"class{k}"} for k in range(1, classes + 1)]}))
+    return ann, image_dir

@@ -108,7 +108,8 @@ def train(stage: str, cfg: dict, out: Path, resume: bool = False, interrupt: int
         interrupt_at(job, interrupt)
     try:
         result = run_training(job, c.train, c.seed, out, resume, log_every=c.logging.log_every,
-                              checkpoint_every=c.logging.checkpoint_every, progress=False, amp=c.amp)
+                              checkpoint_every=c.logging.checkpoint_every, progress=False, amp=c.amp,
+                              workers=c.data.workers)
     except Interrupted:
         assert interrupt is not None
         result = None

@@ -2,9 +2,10 @@
 
 Every worker loads the supernet once and keeps it in memory; the recalibration images and the search
 split are decoded once and kept too, as far as ``fitness.cache_gb`` allows (the rest stream through
-DataLoader workers for every candidate, with the same results). Per candidate we extract the standalone detector of the path (a cheap copy of
-the path's weights, never the whole supernet), recalibrate its BN, and evaluate on the held-out
-split that finetuning wrote. The test split is never read here.
+DataLoader workers for every candidate, with the same results). Per candidate we extract the
+standalone detector of the path (a cheap copy of the path's weights, never the whole supernet),
+recalibrate its BN, and evaluate on the held-out split that finetuning wrote. The test split is
+never read here.
 """
 
 from __future__ import annotations

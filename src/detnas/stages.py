@@ -155,7 +155,7 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None) -
         images, targets = batch
         set_path(model, arch)
         targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
-        losses = model([im.to(device) for im in images], targets)
+        losses = model([im.to(device, non_blocking=True) for im in images], targets)
         return sum(losses.values()), len(images)
 
     def final_eval(model) -> dict:

@@ -26,7 +26,7 @@ from detnas.amp import AmpSetting, autocast, grad_scaler, resolve_amp
 from detnas.atomic import write_text_atomic
 from detnas.checkpoint import load_checkpoint, save_checkpoint
 from detnas.configs import SamplingConfig, ScheduleConfig
-from detnas.data.loading import Workers, data_workers
+from detnas.data.loading import Workers, data_workers, loader_options
 from detnas.distributed import (
     all_gather_object, allreduce_gradients, broadcast_object, broadcast_state, convert_sync_batchnorm,
     init_distributed, is_main, mean_over_workers,
@@ -40,6 +40,9 @@ from detnas.train_log import TrainLog
 
 class TrainingDiverged(UserError, FloatingPointError):
     """The loss became NaN or infinite: a one-line error (a config problem, not a crash)."""
+
+
+SCHEDULER_ORDER_WARNING = "Detected call of `lr_scheduler.step()` before"
 
 
 def path_for_step(space: SearchSpace, seed: int, step: int, sampling: SamplingConfig) -> Arch:
@@ -129,21 +132,42 @@ def train_step(model: nn.Module, job: Job, batch, arch: Arch, device: torch.devi
     return value, n_images
 
 
-def batches_from(job: Job, schedule: ScheduleConfig, seed: int, workers: int, rank: int, world: int,
-                 start_step: int) -> Iterator:
-    """Batches for steps ``start_step, start_step + 1, ...``: the same ones a run from step 0 would see."""
-    steps_per_epoch = len(epoch_batches(len(job.dataset), schedule.batch_size, world, rank, seed, 0))
+class EpochIndexed(torch.utils.data.Dataset):
+    """``dataset[(epoch, i)]``: item ``i`` with the augmentation of ``epoch``. The epoch travels with
+    the index, so one DataLoader, and its workers, serve the whole run: workers hold copies of the
+    dataset, on which a ``set_epoch`` called in the main process would never arrive."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)  # seeds this sample's augmentation
+        return self.dataset[index]
+
+
+def epoch_plan(n: int, batch_size: int, seed: int, rank: int, world: int, start_step: int) -> Iterator[list]:
+    """The (epoch, index) batches of steps ``start_step, start_step + 1, ...``, without end: the same
+    ones a run from step 0 would see."""
+    steps_per_epoch = len(epoch_batches(n, batch_size, world, rank, seed, 0))
     epoch, offset = divmod(start_step, steps_per_epoch)
     while True:
-        if hasattr(job.dataset, "set_epoch"):
-            job.dataset.set_epoch(epoch)  # seeds the augmentation of this epoch
-        plan = epoch_batches(len(job.dataset), schedule.batch_size, world, rank, seed, epoch)[offset:]
-        # its own generator: creating an iterator must not draw from the global RNG, which we checkpoint
-        yield from torch.utils.data.DataLoader(
-            job.dataset, batch_sampler=plan, num_workers=workers, collate_fn=job.collate,
-            generator=torch.Generator(),
-        )
+        for batch in epoch_batches(n, batch_size, world, rank, seed, epoch)[offset:]:
+            yield [(epoch, i) for i in batch]
         epoch, offset = epoch + 1, 0
+
+
+def batches_from(job: Job, schedule: ScheduleConfig, seed: int, workers: int, rank: int, world: int,
+                 start_step: int, device: torch.device | None = None) -> Iterator:
+    """Batches for steps ``start_step, start_step + 1, ...`` from one DataLoader whose ``workers``
+    keep decoding across epoch boundaries (pinned for a CUDA ``device``)."""
+    plan = epoch_plan(len(job.dataset), schedule.batch_size, seed, rank, world, start_step)
+    return iter(torch.utils.data.DataLoader(EpochIndexed(job.dataset), batch_sampler=plan, collate_fn=job.collate,
+                                            **loader_options(workers, device)))
 
 
 def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, resume: bool,
@@ -202,7 +226,7 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
             })
 
     log = TrainLog(out_dir, job.stage, schedule.iters, start=step, enabled=is_main(), progress=progress)
-    batches = batches_from(job, schedule, seed, data_workers(workers), dist.rank, dist.world_size, step)
+    batches = batches_from(job, schedule, seed, data_workers(workers), dist.rank, dist.world_size, step, device)
     window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
     with log:
         while step < schedule.iters:
@@ -218,7 +242,7 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
                 raise TrainingDiverged(f"training diverged at step {step + 1}: {e}; lower train.lr, raise "
                                        "train.warmup_iters or set train.grad_clip") from None
             with warnings.catch_warnings():  # torch takes an fp16 step skipped on overflow for a misordered call
-                warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"), UserWarning)
+                warnings.filterwarnings("ignore", re.escape(SCHEDULER_ORDER_WARNING), UserWarning)
                 scheduler.step()
             step += 1
             window_loss += loss
@@ -236,6 +260,9 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
                 log.advance(step)
             if step % checkpoint_every == 0 or step == schedule.iters:
                 save()
+    del batches  # stops the data workers before the final evaluation starts its own
+    if hasattr(job.dataset, "set_epoch"):  # loading in this process moved it; workers moved only their copies
+        job.dataset.set_epoch(0)  # so the final evaluation's recalibration images depend on neither
     with autocast(amp, device):
         metrics = job.final_eval(model)
     if is_main():

@@ -42,8 +42,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     """``root/<class name>/<image>``; classes are the sorted sub-folder names, labels their positions.
 
     Every file is header-checked at construction, so a bad file fails the run before training starts.
-    Random augmentation is seeded per sample from (seed, epoch, index): call ``set_epoch`` every epoch
-    (before creating the DataLoader iterator; workers hold a copy of the dataset).
+    Random augmentation is seeded per sample from (seed, epoch, index): call ``set_epoch`` before
+    reading an epoch's samples (in the process that reads them, see ``train.EpochIndexed``).
     """
 
     def __init__(self, root: str | Path, transform: Callable | None = None, seed: int = 0):

@@ -71,8 +71,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     - ``orig_size``: (height, width) of the original image
 
     Random flips are a function of (seed, epoch, image_id), so a resumed run sees the same ones: call
-    ``set_epoch`` at the start of every epoch, before creating the DataLoader iterator (workers hold a
-    copy of the dataset, so with ``persistent_workers=True`` they would not see the new epoch).
+    ``set_epoch`` before reading an epoch's samples (in the process that reads them: DataLoader workers
+    hold copies of the dataset; the training loop sends the epoch with each index, ``train.EpochIndexed``).
     """
 
     def __init__(
