@@ -215,6 +215,15 @@ def test_finetune_coco_from_pretrain_holds_out_the_search_split(data, pretrained
     assert tensorboard_steps(out, "finetune/loss") == [1, 2, 3, 4, 5]
 
 
+def test_standalone_network_evaluated_on_its_held_out_split_says_so(data, tmp_path):
+    """A standalone detector trained with a holdout is scored on that held-out split, not on data.test."""
+    cfg = FinetuneConfig.model_validate(finetune_cfg(coco(data), train={"iters": 1}))
+    assert cfg.data.holdout.size > 0
+    job = finetune_job(cfg, tmp_path / "run", arch=(0,) * 20)
+    metrics = run_training(job, cfg.train, cfg.seed, tmp_path / "run", resume=False)
+    assert metrics["split"] == "search" and set(metrics["metrics"]) >= {"AP", "AP50"}
+
+
 def test_finetune_voc_retinanet(data, tmp_path):
     cfg = finetune_cfg(coco(data))
     cfg["data"] = {"train": {"format": "voc", "root": str(data / "voc"), "split": "trainval"},

@@ -165,8 +165,9 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None) -
         eval_set = eval_set.with_transform(DetectionTransform(det.min_size, det.max_size, flip=False))
         gt = eval_set.to_coco()
         loading = eval_loading(cfg, model)
+        split = "search" if holdout is not None else "test"
         if arch is not None:  # a standalone network has its own BN statistics: no recalibration
-            return on_main(lambda: {"split": "test", "metrics": detection_metrics(
+            return on_main(lambda: {"split": split, "metrics": detection_metrics(
                 model, eval_set, cfg.eval.batch_size, loading["workers"], gt)})
 
         @cache
@@ -179,7 +180,7 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None) -
         results = each_path(eval_archs(space, cfg.eval, cfg.seed, cfg.sampling),
                             lambda a: evaluate_detection_path(model, a, num_classes, det, *batches(), gt,
                                                               cfg.eval.recalib_mode))
-        return {"split": "search" if holdout is not None else "test", "map": results}
+        return {"split": split, "map": results}
 
     return Job(
         FINETUNE if arch is None else RETRAIN, model, train_set, collate, loss,
