@@ -102,8 +102,9 @@ def main() -> None:
     best_step = max(rate for rate, _ in steps.values())
     best_data = max(data.values())
     limit = "the training step" if best_step < best_data else "the data pipeline"
+    fastest = max(data, key=data.get)
     print()
-    print(f"{limit} limits: data {best_data:.1f} images/s ({max(data, key=data.get)} workers) vs step "
+    print(f"{limit} limits: data {best_data:.1f} images/s ({fastest} worker{'' if fastest == 1 else 's'}) vs step "
           f"{best_step:.2f} images/s (ratio data/step {best_data / best_step:.1f})")
 
 
