@@ -8,7 +8,7 @@ saves time and changes no number. Prints each search's best architecture under t
 (mAP against body FLOPs) and the front's hypervolume (the area it dominates above mAP 0 and left of
 the budget: larger is a better spread of trade-offs).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pareto_vs_evolution.py --supernet RUN/finetune [--generations 3]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pareto_vs_evolution.py --supernet RUN/finetune [--generations 8 --report-at 3]
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_supernet_args(ap)
     ap.add_argument("--generations", type=int, default=None, help="default: the demo's")
+    ap.add_argument("--report-at", type=int, nargs="*", default=[],
+                    help="also the result after these many generations (the first generations of a longer search "
+                         "are those of a shorter one)")
     ap.add_argument("--out", type=Path, default=None, help="where the two searches write (default: a temp folder)")
     args = ap.parse_args()
 
@@ -75,12 +78,14 @@ def main() -> None:
     print("| search | evaluated | best under the budget (mAP %, body FLOPs) | front: points (FLOPs M: mAP %) "
           "| hypervolume |")
     print("|---|---:|---|---|---:|")
-    for strategy, res in results.items():
-        front = front_records(res.history, "flops")
-        points = ", ".join(f"{p['flops'] / 1e6:.0f}: {100 * p['map']:.2f}" for p in front)
-        b = res.best_record
-        print(f"| {strategy} | {len(res.history)} | `{b['arch']}` {100 * b['map']:.2f}, {b['flops'] / 1e6:.1f}M "
-              f"| {len(front)}: {points} | {hypervolume(front, budget):.3f} |")
+    for generations in sorted({*args.report_at, search_cfg.generations}):
+        for strategy, res in results.items():
+            history = [r for r in res.history if r["generation"] < generations]
+            front = front_records(history, "flops")
+            points = ", ".join(f"{p['flops'] / 1e6:.0f}: {100 * p['map']:.2f}" for p in front)
+            b = min(history, key=lambda r: (-r["map"], r["arch"]))
+            print(f"| {strategy} | {len(history)} | `{b['arch']}` {100 * b['map']:.2f}, {b['flops'] / 1e6:.1f}M "
+                  f"| {len(front)}: {points} | {hypervolume(front, budget):.3f} |")
     print(f"\nsearch folders: {out}")
 
 
