@@ -28,6 +28,19 @@ from detnas.supernet import ShuffleNetBackbone  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "off")])
+def test_auto_is_bf16_on_gpus_with_native_bf16_only(monkeypatch, native, expected):
+    asked = []
+
+    def is_bf16_supported(including_emulation=True):
+        asked.append(including_emulation)
+        return native
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert resolve_amp("auto", "cuda") == expected and asked == [False]  # emulated bf16 is slower than float32
+    assert resolve_amp("fp16", "cuda") == "fp16"
+
+
 def test_auto_is_off_on_the_cpu_and_only_fp16_scales_the_loss():
     assert resolve_amp("auto", "cpu") == "off"
     assert [resolve_amp(m, "cpu") for m in ("off", "bf16", "fp16")] == ["off", "bf16", "fp16"]

@@ -29,7 +29,8 @@ def resolve_amp(setting: AmpSetting, device: torch.device | str) -> str:
     if setting != "auto":
         return setting
     device = torch.device(device)
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+    # native bf16 only (Ampere and later): older GPUs emulate it, slower than float32
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False) else "off"
 
 
 def autocast(mode: str, device: torch.device | str) -> torch.autocast:
