@@ -160,8 +160,8 @@ def main() -> None:
                  "SyncBatchNorm) incl. start-up and final evaluation", f"{seconds:.1f} s"))
     torchrun_finetune(work, cfg, work / "b")
     torchrun_finetune(work, cfg, work / "resumed", kill_after_step=3)
-    rows.append(("max |weight difference|, two uninterrupted runs", f"{max_weight_difference(work / 'a', work / 'b'):.2e}"))
-    rows.append(("max |weight difference|, killed + resumed vs uninterrupted",
+    rows.append(("max abs weight difference, two uninterrupted runs", f"{max_weight_difference(work / 'a', work / 'b'):.2e}"))
+    rows.append(("max abs weight difference, killed + resumed vs uninterrupted",
                  f"{max_weight_difference(work / 'a', work / 'resumed'):.2e}"))
 
     fcfg = FinetuneConfig.model_validate({**cfg, "data": {**cfg["data"], "holdout": {"size": 0}, "workers": 0}})
