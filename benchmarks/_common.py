@@ -56,30 +56,18 @@ def demo_finetune(demo: PipelineConfig, iters: int | None = None, **update) -> F
     return FinetuneConfig.model_validate({**cfg.model_dump(), **update})
 
 
-def default_supernet(iters: int | None = None, one_class: bool = False) -> Path:
+def default_supernet(iters: int | None = None) -> Path:
     """Where the supernet of the current demo settings is kept between runs (named by those settings)."""
     demo = demo_settings()
     keys = demo.model_dump(mode="json", include={"space", "seed", "detection", "detector", "finetune"})
     keys["detection"] = {k: v for k, v in keys["detection"].items() if k not in ("train", "test")}
-    tag = hashlib.sha256(json.dumps([keys, iters, one_class], sort_keys=True).encode()).hexdigest()[:8]
-    return Path(tempfile.gettempdir()) / "detnas-bench" / f"demo-supernet{'-1class' if one_class else ''}-{tag}"
+    tag = hashlib.sha256(json.dumps([keys, iters], sort_keys=True).encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / "detnas-bench" / f"demo-supernet-{tag}"
 
 
-def single_class(train_json: Path, out: Path) -> Path:
-    """The demo's training annotations with the ten digit classes merged into one, "digit"."""
-    data = json.loads(train_json.read_text())
-    data["categories"] = [{"id": 1, "name": "digit"}]
-    for a in data["annotations"]:
-        a["category_id"] = 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data))
-    return out
-
-
-def prepare_supernet(run_dir: Path, iters: int | None = None, threads: int = 1, one_class: bool = False) -> Path:
+def prepare_supernet(run_dir: Path, iters: int | None = None, threads: int = 1) -> Path:
     """A finished demo finetuning run in ``run_dir`` (reused if there): the demo's detector, schedule
-    (scaled to ``iters``) and search split, on the demo data, from scratch (no pretraining).
-    ``one_class``: digits as one class (a detector that learns something in a few hundred steps)."""
+    (scaled to ``iters``) and search split, on the demo data, from scratch (no pretraining)."""
     from detnas.checkpoint import load_checkpoint
     from detnas.stages import finetune_job, run_stage
 
@@ -89,11 +77,6 @@ def prepare_supernet(run_dir: Path, iters: int | None = None, threads: int = 1, 
             return run_dir
     demo = demo_settings()
     cfg = demo_finetune(demo, iters, logging={"log_every": 25, "checkpoint_every": 100, "progress": False})
-    if one_class:
-        train = cfg.data.train
-        annotations = single_class(train.annotations, run_dir.parent / f"{run_dir.name}-data" / "train.json")
-        data = cfg.data.model_copy(update={"train": train.model_copy(update={"annotations": annotations})})
-        cfg = cfg.model_copy(update={"data": data})
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -120,7 +103,6 @@ def add_supernet_args(ap: argparse.ArgumentParser) -> None:
                     help="a finished demo finetuning run (default: one finetuned with the demo's settings, kept in "
                          "$TMPDIR/detnas-bench)")
     ap.add_argument("--finetune-iters", type=int, default=None, help="when finetuning one (default: the demo's)")
-    ap.add_argument("--one-class", action="store_true", help="when finetuning one: the digits as a single class")
 
 
 # the paper's COCO detector (SPEC section 5): FPN Faster R-CNN, 800x1333

@@ -48,8 +48,8 @@ def main() -> None:
     args = ap.parse_args()
 
     demo = demo_settings()
-    supernet = args.supernet or prepare_supernet(default_supernet(args.finetune_iters, args.one_class),
-                                                 args.finetune_iters, one_class=args.one_class)
+    supernet = args.supernet or prepare_supernet(default_supernet(args.finetune_iters),
+                                                 args.finetune_iters)
     evaluator = SupernetEvaluator(supernet, demo.fitness, workers=0)  # the images decoded in this process
     cache: dict[str, dict] = {}
     calls = {"fitness": 0}

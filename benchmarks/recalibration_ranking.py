@@ -18,7 +18,7 @@ architecture is the reference's best, and the regret (reference mAP lost by pick
 Also, independent of how well the supernet detects: how far each setting's BN statistics are from the
 reference's (the statistics that recalibration is meant to estimate).
 
-    .venv/bin/python benchmarks/recalibration_ranking.py [--supernet DIR | --one-class --finetune-iters N]
+    .venv/bin/python benchmarks/recalibration_ranking.py [--supernet DIR | --finetune-iters N]
         [--archs 10] [--subsets 3]
 """
 
@@ -74,8 +74,8 @@ def main() -> None:
     ap.add_argument("--save", type=Path, default=None, help="write the archs and every mAP as JSON")
     args = ap.parse_args()
 
-    args.supernet = prepare_supernet(args.supernet or default_supernet(args.finetune_iters, args.one_class),
-                                     args.finetune_iters, one_class=args.one_class)
+    args.supernet = prepare_supernet(args.supernet or default_supernet(args.finetune_iters),
+                                     args.finetune_iters)
     demo = demo_settings()
     batch = demo.fitness.batch_size
     n_small = args.images or demo.fitness.recalib_images

@@ -5,15 +5,13 @@ Uses the demo's settings, read from ``src/detnas/configs/demo.yaml`` (Small spac
 at 128 px, the held-out search split, fitness = BN recalibration on 64 training images in batches of
 25, then COCO mAP on the search split) on the built-in demo data. The supernet is finetuned from
 scratch with the demo's finetuning schedule, once, and kept in ``$TMPDIR/detnas-bench`` (or give
-``--supernet``). ``--one-class`` merges the ten digit classes into one: a supernet that still detects
-nothing at the demo's score threshold makes inference post-processing and COCO evaluation look
-cheaper than they are.
+``--supernet``).
 
 Per candidate, ours (``search_stage.SupernetEvaluator``) against a straightforward version measured in
 the same run, interleaved: a deep copy of the whole supernet detector, BN recalibration through the
 full supernet on images decoded from disk each time, image-by-image inference, pycocotools.
 
-    .venv/bin/python benchmarks/search_speed.py [--supernet DIR | --one-class] [--candidates 6] [--no-scaling]
+    .venv/bin/python benchmarks/search_speed.py [--supernet DIR] [--candidates 6] [--no-scaling]
 """
 
 from __future__ import annotations
@@ -239,8 +237,8 @@ def main() -> None:
     if args.worker_out is not None:
         search_worker(args)
         return
-    args.supernet = prepare_supernet(args.supernet or default_supernet(args.finetune_iters, args.one_class),
-                                     args.finetune_iters, one_class=args.one_class)
+    args.supernet = prepare_supernet(args.supernet or default_supernet(args.finetune_iters),
+                                     args.finetune_iters)
     per_candidate(args)
     if not args.no_scaling:
         scaling(args)
