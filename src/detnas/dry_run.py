@@ -25,7 +25,7 @@ from detnas.detector import build_detector, set_path
 from detnas.detector_flops import detector_macs
 from detnas.flops import cost_table, count_params, fmt_millions, sample_arch
 from detnas.pipeline import planned_stages
-from detnas.runs import FINETUNE, PRETRAIN, is_finished, resume_point
+from detnas.runs import FINETUNE, PRETRAIN, RANK_CHECK, is_finished, resume_point
 from detnas.search_split import carve_holdout
 from detnas.space import SearchSpace, arch_to_str, get_space, to_arch
 from detnas.supernet import ShuffleNetBackbone
@@ -105,7 +105,7 @@ def _work(cfg: PipelineConfig, name: str, workers: int) -> str:
         n = cfg.search.budget
         return (f"{n:,} candidates x ({cfg.fitness.recalib_images:,} recalibration + "
                 f"{cfg.detection.holdout.size:,} search-split images)")
-    if name == "rank check":
+    if name == RANK_CHECK:
         rc = cfg.rank_check
         return f"{rc.archs} architectures scored and retrained alone x {rc.seeds} seeds"
     parts = []

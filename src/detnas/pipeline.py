@@ -18,8 +18,8 @@ from detnas.rank_check import run_rank_check
 from detnas.report import write_report
 from detnas.retrain import run_retrain
 from detnas.runs import (
-    BEST_FILE, CHECKPOINT, FINETUNE, FINETUNE_DIR, PIPELINE_FILE, PRETRAIN, PRETRAIN_DIR, RANK_CHECK_DIR, REPORT_FILE,
-    SEARCH_DIRS, is_finished, resume_point, retrain_dir,
+    BEST_FILE, CHECKPOINT, FINETUNE, FINETUNE_DIR, PIPELINE_FILE, PRETRAIN, PRETRAIN_DIR, RANK_CHECK, RANK_CHECK_DIR,
+    REPORT_FILE, SEARCH_DIRS, is_finished, resume_point, retrain_dir,
 )
 from detnas.search_stage import run_search_stage
 from detnas.space import arch_to_str, get_space, resolve_arch
@@ -145,4 +145,4 @@ def _run_stages(cfg: PipelineConfig, out: Path, stages: _Stages | _Plan) -> None
                      for name, arch in candidates.items()}
             run_rank_check(rc_cfg, rc_dir, resume=True, known=known)
 
-        stages.run("rank check", is_finished(rc_dir), rc_dir, rank_check)
+        stages.run(RANK_CHECK, is_finished(rc_dir), rc_dir, rank_check)

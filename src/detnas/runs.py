@@ -50,6 +50,7 @@ FINETUNE_DIR = "finetune"
 SEARCH_DIRS = {"evolution": "search", "random": "random_search"}  # per search strategy
 RETRAIN_DIR = "retrain"
 RANK_CHECK_DIR = "rank_check"
+RANK_CHECK = "rank check"  # its stage name in the pipeline's record and plan
 
 # stage names, as saved in checkpoints
 PRETRAIN = "pretrain"  # supernet on classification data
