@@ -37,15 +37,16 @@ from detnas.runs import (
 from detnas.space import Arch, SearchSpace, arch_to_str, get_space, resolve_arch
 
 
-def plan_archs(space: SearchSpace, cfg: RankCheckStageConfig) -> list[Arch]:
-    """The configured architectures (duplicates dropped), then uniform draws under the search's
-    budget until there are ``rank_check.archs``: a function of the config alone."""
+def included_archs(space: SearchSpace, cfg: RankCheckStageConfig) -> list[Arch]:
+    """The configured architectures, resolved, duplicates dropped."""
+    return list(dict.fromkeys(resolve_arch(text, space)[0] for text in cfg.include))
+
+
+def plan_archs(space: SearchSpace, cfg: RankCheckStageConfig, included: list[Arch]) -> list[Arch]:
+    """The ``included`` architectures, then uniform draws under the search's budget until there are
+    ``rank_check.archs``: a function of the config alone."""
     cons = check_constraints(space, cfg.search)
-    archs: list[Arch] = []
-    for text in cfg.include:
-        arch = resolve_arch(text, space)[0]
-        if arch not in archs:
-            archs.append(arch)
+    archs = list(included)
     rng = np.random.default_rng([cfg.search.seed, 0x7A5C])  # not the search's own stream
     for _ in range(1000 * cfg.rank_check.archs):
         if len(archs) >= cfg.rank_check.archs:
@@ -166,7 +167,8 @@ def run_rank_check(cfg: RankCheckStageConfig, out: Path, resume: bool,
     if not resume and broadcast_object(out.exists() and any(out.iterdir())):  # rank 0 looks, before anyone writes
         raise_exists(out)
     space = get_space(cfg.retrain.space, cfg.retrain.width_mult)
-    archs = plan_archs(space, cfg)
+    included = included_archs(space, cfg)
+    archs = plan_archs(space, cfg, included)
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic({"archs": [arch_to_str(a) for a in archs], "included": cfg.include}, out / RANK_PLAN_FILE,
@@ -176,7 +178,7 @@ def run_rank_check(cfg: RankCheckStageConfig, out: Path, resume: bool,
     summary = None
     if is_main():
         summary = summarize(scores, standalone, cfg.rank_check.topk, cfg.rank_check.bootstrap, cfg.search.seed)
-        summary["included"] = [arch_to_str(resolve_arch(t, space)[0]) for t in cfg.include]
+        summary["included"] = [arch_to_str(a) for a in included]
         plot_rank_check(summary, out / RANK_CHECK_PNG)
         write_json_atomic(summary, out / RANK_CHECK_FILE, indent=2)  # last: marks the stage finished
         print_summary(summary)
