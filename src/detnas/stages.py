@@ -28,7 +28,7 @@ from detnas.runs import FINETUNE, PRETRAIN, RETRAIN, RETRAIN_PRETRAIN, SPLIT_FIL
 from detnas.search_split import carve_holdout
 from detnas.space import Arch, SearchSpace, arch_to_str, get_space, parse_arch
 from detnas.supernet import ShuffleNetBackbone
-from detnas.supernet_growth import grow_choices
+from detnas.supernet_growth import GROW_IMAGES, grow_choices
 from detnas.train import Job, path_for_step, run_training
 
 
@@ -98,7 +98,11 @@ def pretrain_job(cfg: PretrainConfig, arch: Arch | None = None) -> Job:
 
     grow = None
     if arch is None and cfg.grow_iters:
-        grow = (cfg.grow_iters, lambda model, batch: grow_choices(model, batch[0].to(next(model.parameters()).device)))
+        def grow_from_training_images(model, _batch) -> None:
+            images = recalibration_batches(train_set, GROW_IMAGES, cfg.eval.batch_size, seed=cfg.seed)
+            grow_choices(model, torch.cat(list(images)).to(next(model.parameters()).device))
+
+        grow = (cfg.grow_iters, grow_from_training_images)
     return Job(
         PRETRAIN if arch is None else RETRAIN_PRETRAIN, model, train_set, None, loss,
         arch_schedule(space, cfg, arch, cfg.grow_iters), final_eval,
