@@ -17,10 +17,11 @@ the other choices out of it, each computing (nearly) the same function as choice
   8 standard deviations, so that the ReLU passes nearly everything; the next BN removes the shift).
   Exact at stride 1 (to float rounding). At stride 2 no exact copy exists: Xception subsamples
   before its first pointwise conv and ReLU, ShuffleNetV2 after them. Copied as above, such a branch
-  is as far from choice 0's as a constant (relative squared error 0.5-1.1 on the demo), which cost
-  the all-Xception path 34 of its 77% top-1 at the moment of growing. So it is then fitted to choice
-  0's branch output on training images (a few hundred Adam steps, block by block, on the inputs the
-  ShuffleNetV2 path gives it): relative error 0.03-0.17, all-Xception at 74% right after growing.
+  is as far from choice 0's as a constant (relative squared error 0.6-1.1 on the demo): right after
+  growing, all-Xception was at 43% top-1 where all-0 was at 86%. So it is then fitted to choice 0's
+  branch output on training images (a few hundred Adam steps, block by block, on the inputs the
+  ShuffleNetV2 path gives it): relative error 0.01-0.10, all-Xception at 85%
+  (benchmarks/growth_fidelity.py).
   The projection branch, half of that block's output, is copied exactly.
 
 Path-wise training then starts with every path as good as the trained one and lets the choices differ.
@@ -35,7 +36,7 @@ from detnas.supernet import ShuffleNetBackbone
 
 RELU_SHIFT = 8.0  # standard deviations: the ReLU after an identity layer clips (almost) nothing
 # fitting the stride-2 Xception branches: Adam steps, their learning rate and minibatch (of the
-# growth images). 300 steps: all-Xception 74% right after growing on the demo, 600: 75%.
+# growth images). 300 steps: all-Xception 85.2% right after growing on the demo, 600: 86.3%.
 FIT_STEPS, FIT_LR, FIT_BATCH = 300, 3e-3, 64
 # random training images to grow from: fitting on 256 rather than one batch of 64 raised all-Xception
 # right after growing from 71% to 74% on the demo
