@@ -30,7 +30,8 @@ from detnas.train import run_training
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fit-steps", type=int, nargs="+", default=[0, 300], help="Adam steps fitting stride-2 Xception")
+    parser.add_argument("--fit-steps", type=int, nargs="+", default=[0, 300],
+                        help="Adam steps fitting the stride-2 Xception branches")
     args = parser.parse_args()
     demo = demo_settings()
     grow = demo.pretrain.grow_iters
@@ -41,6 +42,7 @@ def main() -> None:
     space = get_space(cfg.space, cfg.width_mult)
     job = pretrain_job(cfg)
     job.arch_for_step = lambda step: (0,) * space.num_blocks
+    job.final_eval = lambda model: {}  # evaluated below, after growing
     with tempfile.TemporaryDirectory() as tmp:
         run_training(job, cfg.train, cfg.seed, Path(tmp), False, log_every=10**6, checkpoint_every=10**6,
                      progress=False)
@@ -65,9 +67,8 @@ def main() -> None:
     print("|---|" + "---:|" * (len(paths) + 2))
     for steps in args.fit_steps:
         model = copy.deepcopy(trained)
-        supernet_growth.FIT_STEPS = steps
         start = time.perf_counter()
-        fitted = supernet_growth.grow_choices(model, images)
+        fitted = supernet_growth.grow_choices(model, images, steps)
         seconds = time.perf_counter() - start
         top1 = [evaluate_classification_path(model, p, recalib, val) for p in paths.values()]
         errors = f"{min(fitted.values()):.2f}-{max(fitted.values()):.2f}"

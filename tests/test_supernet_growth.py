@@ -10,11 +10,11 @@ import torch
 from data_builders import make_image_folder
 from interruption import Interrupted, interrupt_at
 
+from detnas import supernet_growth
 from detnas.configs import PretrainConfig, RetrainConfig
 from detnas.space import get_space
 from detnas.stages import pretrain_job
 from detnas.supernet import ShuffleNetBackbone
-from detnas import supernet_growth
 from detnas.supernet_growth import grow_choices
 from detnas.train import run_training
 
@@ -30,11 +30,7 @@ def grown_supernet(fit_steps: int = supernet_growth.FIT_STEPS):
     before = {k: v.clone() for k, v in net.state_dict().items()
               if not k.startswith("blocks.") or k.split(".")[2] == "0"}
     images = smooth_images(32)
-    saved, supernet_growth.FIT_STEPS = supernet_growth.FIT_STEPS, fit_steps
-    try:
-        fitted = grow_choices(net, images)
-    finally:
-        supernet_growth.FIT_STEPS = saved
+    fitted = grow_choices(net, images, fit_steps)
     unchanged = all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
     return net, (len(before), unchanged), images, fitted
 
@@ -82,14 +78,17 @@ def test_stride_2_xception_branches_are_fitted_to_choice_0(grown):
 
     def errors(net):
         inputs = block_inputs(net, held_out)
+        found = []
         with torch.no_grad():
-            return [float((net.blocks[i][3].branch.train()(inputs[i]) - net.blocks[i][0].branch(inputs[i])).pow(2).mean()
-                          / net.blocks[i][0].branch(inputs[i]).var()) for i in strided]
+            for i in strided:
+                ref = net.blocks[i][0].branch(inputs[i])
+                found.append(float((net.blocks[i][3].branch.train()(inputs[i]) - ref).pow(2).mean() / ref.var()))
+        return found
 
     for i in strided:  # on the images it was fitted on (relative squared errors; 1 = a constant)
         assert fitted[i] < 0.5 * copy_errors[i], (i, fitted[i], copy_errors[i])
     # on other images; a random network on random images is a harder case than a trained one on
-    # photographs, where the fit leaves 0.03-0.17 and the copy 0.5-1.1
+    # photographs, where the fit leaves 0.01-0.10 and the copy 0.6-1.1
     before, after = errors(copied), errors(net)
     assert sum(after) < 0.85 * sum(before), (before, after)
     assert all(p.grad is None for p in net.parameters())  # nothing left for path-wise SGD to step

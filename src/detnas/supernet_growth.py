@@ -35,7 +35,7 @@ from torch import nn
 from detnas.supernet import ShuffleNetBackbone
 
 RELU_SHIFT = 8.0  # standard deviations: the ReLU after an identity layer clips (almost) nothing
-# fitting the stride-2 Xception branches: Adam steps, their learning rate and minibatch (of the
+# fitting the stride-2 Xception branches: Adam steps (by default), their learning rate and minibatch (of the
 # growth images). 300 steps: all-Xception 85.2% right after growing on the demo, 600: 86.3%.
 FIT_STEPS, FIT_LR, FIT_BATCH = 300, 3e-3, 64
 # random training images to grow from: fitting on 256 rather than one batch of 64 raised all-Xception
@@ -100,14 +100,16 @@ def choice0_branches(supernet: ShuffleNetBackbone, images: torch.Tensor) -> list
     return seen
 
 
-def fit_branch(branch: nn.Module, inputs: torch.Tensor, target: torch.Tensor, seed: int) -> float:
-    """Fit ``branch`` (in training mode) so that ``branch(inputs)`` approximates ``target``: Adam on
-    random minibatches of the relative squared error. Returns the final error on all of ``inputs``."""
+def fit_branch(branch: nn.Module, inputs: torch.Tensor, target: torch.Tensor, steps: int, seed: int) -> float:
+    """Fit ``branch`` so that ``branch(inputs)`` in training mode approximates ``target``: ``steps`` of
+    Adam on random minibatches of the relative squared error. Returns the error left on all of ``inputs``."""
+    was_training = branch.training
+    branch.train()
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(branch.parameters(), lr=FIT_LR)
     scale = target.var()
     with torch.enable_grad():
-        for _ in range(FIT_STEPS):
+        for _ in range(steps):
             idx = torch.randperm(len(inputs), generator=generator)[:FIT_BATCH].to(inputs.device)
             loss = (branch(inputs[idx]) - target[idx]).pow(2).mean() / scale
             optimizer.zero_grad(set_to_none=True)
@@ -115,16 +117,19 @@ def fit_branch(branch: nn.Module, inputs: torch.Tensor, target: torch.Tensor, se
             optimizer.step()
     for p in branch.parameters():  # path-wise SGD would otherwise step them with these gradients
         p.grad = None
-    return float((branch(inputs) - target).pow(2).mean() / scale)
+    error = float((branch(inputs) - target).pow(2).mean() / scale)
+    branch.train(was_training)
+    return error
 
 
 @torch.no_grad()
-def grow_choices(supernet: ShuffleNetBackbone, images: torch.Tensor) -> dict[int, float]:
+def grow_choices(supernet: ShuffleNetBackbone, images: torch.Tensor, fit_steps: int = FIT_STEPS) -> dict[int, float]:
     """Overwrite choices 1-3 at every position with function-preserving copies of choice 0.
 
     ``images``: training images (as the backbone's input), for the statistics of the Xception block's
-    extra identity layers and to fit its stride-2 branches. Returns, per stride-2 position, the
-    relative squared error left between the fitted Xception branch and choice 0's.
+    extra identity layers and to fit its stride-2 branches (``fit_steps`` Adam steps; 0 leaves them
+    copied). Returns, per stride-2 position, the relative squared error left between the Xception
+    branch and choice 0's.
     """
     if not supernet.is_supernet:
         raise ValueError("grow_choices needs a supernet (all choices at every position)")
@@ -148,7 +153,5 @@ def grow_choices(supernet: ShuffleNetBackbone, images: torch.Tensor) -> dict[int
         xception[5].load_state_dict(shuffle[2].state_dict())  # pointwise mid -> out
         if choices[3].proj is not None:  # stride 2: the projection branch is 3x3 in both
             choices[3].proj.load_state_dict(base.proj.state_dict())
-            was_training = xception.training
-            fitted[i] = fit_branch(xception.train(), seen["x"], seen["out"], seed=i)
-            xception.train(was_training)
+            fitted[i] = fit_branch(xception, seen["x"], seen["out"], fit_steps, seed=i)
     return fitted
