@@ -120,6 +120,7 @@ def test_pipeline_killed_during_search_resumes_and_reports(tmp_path):
         results = [json.loads((run / "retrain" / folder / "result.json").read_text()) for folder in folders]
         assert by_arch[results[0]["arch"]] == [r["test"]["AP"] for r in results]
     assert "## Rank check" in report and f"Kendall tau {checked['fitness_vs_standalone']['kendall_tau']:.2f}" in report
+    assert f"In words: {checked['verdict']}." in report
 
 
 def test_packaged_demo_config_is_valid_and_uses_the_demo_data(tmp_path):

@@ -18,7 +18,7 @@ from data_builders import TINY_TRAINED_DETECTOR
 from detnas.config import validate
 from detnas.configs import FinetuneConfig, RankCheckStageConfig
 from detnas.data.demo import build_demo_data
-from detnas.rank_check import run_rank_check
+from detnas.rank_check import run_rank_check, summarize
 from detnas.rank_stats import bootstrap_ci, kendall_tau, spearman_rho, topk_hit_rate
 from detnas.search_stage import SupernetEvaluator
 from detnas.space import get_space, parse_arch
@@ -50,6 +50,25 @@ def test_bootstrap_interval_and_topk_hit_rate():
     assert (lo, hi) == bootstrap_ci(kendall_tau, x, noisy, draws=500, seed=1)  # seeded
     assert topk_hit_rate([0.9, 0.1, 0.8, 0.2], [1, 2, 3, 4], 2) == 0.5
     assert topk_hit_rate([4, 3, 2, 1], [4, 3, 2, 1], 3) == 1.0
+
+
+def _summary(fitness: list[float], seed0: list[float], seed1: list[float]) -> dict:
+    names = [f"{i:020d}" for i in range(len(fitness))]
+    scores = {n: {"map": f, "ap50": f} for n, f in zip(names, fitness)}
+    standalone = {n: [{"map": a, "ap50": a}, {"map": b, "ap50": b}] for n, a, b in zip(names, seed0, seed1)}
+    return summarize(scores, standalone, topk=3, draws=500)
+
+
+def test_the_verdict_follows_where_taus_interval_lies():
+    truth = list(range(12))
+    repeat = [0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10]  # a second seed that agrees closely
+    assert "ranks like standalone" in _summary(truth, truth, repeat)["verdict"]
+    assert "*against*" in _summary(truth[::-1], truth, repeat)["verdict"]
+    shuffled = [5, 0, 9, 3, 11, 1, 7, 2, 10, 6, 4, 8]
+    assert "cannot tell" in _summary(shuffled, truth, repeat)["verdict"]
+    noisy = _summary(shuffled, truth, shuffled[::-1])  # the two seeds disagree: retrain longer first
+    assert noisy["noise_ceiling"]["kendall_tau_ci95"][0] <= 0 and "retrain longer" in noisy["verdict"]
+    assert "nothing to rank" in _summary([0.1] * 12, truth, repeat)["verdict"]
 
 
 # ----------------------------------------------------------------------------- the stage

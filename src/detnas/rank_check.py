@@ -131,7 +131,25 @@ def summarize(scores: dict[str, dict], standalone: dict[str, list[dict]], topk: 
         first = [standalone[n][0]["map"] for n in names]
         second = [standalone[n][1]["map"] for n in names]
         out["noise_ceiling"] = rank_agreement(first, second, topk, draws, seed)
+    out["verdict"] = rank_verdict(out["fitness_vs_standalone"], out["noise_ceiling"])
     return out
+
+
+def rank_verdict(agree: dict, ceiling: dict | None) -> str:
+    """In words: does the fitness rank like standalone training, by where tau's interval lies."""
+    lo, hi = agree["kendall_tau_ci95"]
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "the fitness or the standalone mAPs are all equal: nothing to rank"
+    noisy = ceiling is not None and ceiling["kendall_tau_ci95"][0] <= 0
+    if lo > 0:
+        return "the fitness ranks like standalone training (tau's interval lies above 0)"
+    if hi < 0:  # seen on the demo, where a short retraining rewards how fast a network learns from scratch
+        return ("the fitness ranks *against* standalone training (tau's interval lies below 0): the search "
+                "prefers the networks that this retraining recipe trains worst")
+    if noisy:
+        return ("tau's interval spans 0, and two seeds of standalone training do not agree either (the noise "
+                "ceiling's interval reaches 0): retrain longer, or more architectures, before judging the fitness")
+    return "tau's interval spans 0: this check cannot tell whether the fitness ranks; check more architectures"
 
 
 def plot_rank_check(summary: dict, path: Path) -> None:
@@ -193,4 +211,4 @@ def print_summary(summary: dict) -> None:
             f"top-{agree['topk']} hit rate {agree['topk_hit_rate']:.2f}")
     if ceiling is not None and math.isfinite(ceiling["kendall_tau"]):
         line += f"; seed-noise ceiling tau {ceiling['kendall_tau']:.2f}"
-    print(line, flush=True)
+    print(f"{line}\nrank-check: {summary['verdict']}", flush=True)

@@ -160,6 +160,8 @@ def _rank_check(out: Path) -> list[str]:
     if ceiling is not None:
         text += (f" Two seeds of standalone training agree with each other at tau {ceiling['kendall_tau']:.2f}: "
                  "no fitness can rank better than that.")
+    if "verdict" in summary:  # rank checks written before the verdict existed have none
+        text += f" In words: {summary['verdict']}."
     lines = ["## Rank check: does the supernet rank like standalone training?", "", text, "",
              "| architecture | supernet AP | standalone AP (seed mean) | per seed |", "|---|---:|---:|---|"]
     for r in sorted(summary["archs"], key=lambda r: -r["supernet_map"]):
