@@ -140,3 +140,18 @@ def synthetic_coco(root: Path, n_images: int, n_files: int = 32, size: tuple[int
     ann.write_text(json.dumps({"images": images, "annotations": annotations,
                                "categories": [{"id": k, "name": f"class{k}"} for k in range(1, classes + 1)]}))
     return ann, image_dir
+
+
+def print_choice_count_taus(rankings: dict[str, dict[str, float]], archs: list[str]) -> None:
+    """A markdown table of Kendall tau between each ranking and how many blocks of one choice an
+    architecture has (a zero-cost proxy: on the demo the short retraining follows the 3x3 count)."""
+    from detnas.rank_stats import kendall_tau
+    from detnas.space import CHOICE_NAMES
+
+    print("\nKendall tau with the number of blocks of one choice\n")
+    print("| blocks of | " + " | ".join(rankings) + " |")
+    print("|---|" + "---:|" * len(rankings))
+    for c, choice in enumerate(CHOICE_NAMES):
+        count = [a.count(str(c)) for a in archs]
+        print(f"| {choice} | " + " | ".join(
+            f"{kendall_tau(count, [r[a] for a in archs]):.2f}" for r in rankings.values()) + " |")

@@ -20,7 +20,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from _common import demo_settings
+from _common import demo_settings, print_choice_count_taus
 
 from detnas.checkpoint import load_checkpoint
 from detnas.configs import PretrainConfig
@@ -29,7 +29,7 @@ from detnas.data.loading import CachedBatches
 from detnas.evaluate import evaluate_classification_path, recalibration_batches
 from detnas.rank_stats import kendall_tau
 from detnas.runs import CHECKPOINT, PRETRAIN, RANK_CHECK_FILE, RANK_PLAN_FILE, RANK_SCORES_FILE
-from detnas.space import CHOICE_NAMES, get_space, parse_arch
+from detnas.space import get_space, parse_arch
 from detnas.stages import pretrain_job, run_stage
 from detnas.supernet import ShuffleNetBackbone
 
@@ -114,15 +114,8 @@ def main() -> None:
         cells = ["" if j <= i else f"{kendall_tau([rankings[row][a] for a in archs], [rankings[col][a] for a in archs]):.2f}"
                  for j, col in enumerate(names[1:], start=1)]
         print(f"| {row} | " + " | ".join(cells) + " |")
-    # zero-cost proxies: how many blocks of one choice an architecture has. On the demo the short
-    # retraining follows the number of ShuffleNetV2 3x3 blocks, and the grown supernet goes against it
-    print("\nKendall tau with the number of blocks of one choice\n")
-    print("| blocks of | " + " | ".join(names) + " |")
-    print("|---|" + "---:|" * len(names))
-    for c, choice in enumerate(CHOICE_NAMES):
-        count = [a.count(str(c)) for a in archs]
-        print(f"| {choice} | " + " | ".join(
-            f"{kendall_tau(count, [rankings[n][a] for a in archs]):.2f}" for n in names) + " |")
+    print_choice_count_taus(rankings, archs)
+
 
 if __name__ == "__main__":
     main()

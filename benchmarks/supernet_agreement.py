@@ -21,10 +21,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from _common import print_choice_count_taus
 
 from detnas.rank_stats import bootstrap_ci, kendall_tau
 from detnas.runs import RANK_CHECK_FILE
-from detnas.space import CHOICE_NAMES
 
 
 def named_folder(text: str) -> tuple[str, Path]:
@@ -85,15 +85,7 @@ def main() -> None:
     for a, b in itertools.combinations(names, 2):
         print(f"- {a} / {b}: {kendall_tau([fitness[a][x] for x in archs], [fitness[b][x] for x in archs]):.2f}")
 
-    print("\nKendall tau with the number of blocks of one choice\n")
-    columns = {**fitness, **truths}
-    print("| blocks of | " + " | ".join(columns) + " |")
-    print("|---|" + "---:|" * len(columns))
-    for c, choice in enumerate(CHOICE_NAMES):
-        count = [a.count(str(c)) for a in archs]
-        print(f"| {choice} | " + " | ".join(f"{kendall_tau(count, [col[a] for a in archs]):.2f}"
-                                            for col in columns.values()) + " |")
-
+    print_choice_count_taus({**fitness, **truths}, archs)
 
 if __name__ == "__main__":
     main()
