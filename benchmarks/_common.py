@@ -13,20 +13,20 @@ from pathlib import Path
 
 import torch
 
-from detnas.config import validate
-from detnas.configs import FinetuneConfig, PipelineConfig
+from detnas.config.runs import CHECKPOINT, FINETUNE
+from detnas.config.schema import FinetuneConfig, PipelineConfig
 from detnas.data.demo import DemoPaths, build_demo_data
 from detnas.data.sources import load_detection
 from detnas.data.transforms import DetectionTransform
-from detnas.demo import demo_config
-from detnas.runs import CHECKPOINT, FINETUNE
-from detnas.space import get_space
+from detnas.model.space import get_space
+from detnas.stages.demo import demo_config
+from detnas.strict import validate
 
 # the reference COCO evaluator (pycocotools) that the tests hold our numbers to, kept with the tests
 sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_coco import pycocotools_stats  # noqa: E402, F401 - re-exported for the benchmarks
 
-SOURCE = "src/detnas/configs/demo.yaml"
+SOURCE = "src/detnas/config/packaged/demo.yaml"
 
 
 def demo_settings(paths: DemoPaths | None = None) -> PipelineConfig:
@@ -69,7 +69,7 @@ def prepare_supernet(run_dir: Path, iters: int | None = None, threads: int = 1) 
     """A finished demo finetuning run in ``run_dir`` (reused if there): the demo's detector, schedule
     (scaled to ``iters``) and search split, on the demo data, from scratch (no pretraining)."""
     from detnas.checkpoint import load_checkpoint
-    from detnas.stages import finetune_job, run_stage
+    from detnas.stages.jobs import finetune_job, run_stage
 
     if (run_dir / CHECKPOINT).is_file():
         state = load_checkpoint(run_dir / CHECKPOINT, FINETUNE)
@@ -145,8 +145,8 @@ def synthetic_coco(root: Path, n_images: int, n_files: int = 32, size: tuple[int
 def print_choice_count_taus(rankings: dict[str, dict[str, float]], archs: list[str]) -> None:
     """A markdown table of Kendall tau between each ranking and how many blocks of one choice an
     architecture has (a zero-cost proxy: on the demo the short retraining follows the 3x3 count)."""
-    from detnas.rank_stats import kendall_tau
-    from detnas.space import CHOICE_NAMES
+    from detnas.model.space import CHOICE_NAMES
+    from detnas.stages.rank_stats import kendall_tau
 
     print("\nKendall tau with the number of blocks of one choice\n")
     print("| blocks of | " + " | ".join(rankings) + " |")

@@ -20,14 +20,13 @@ from pathlib import Path
 
 import torch
 
-from detnas.amp import grad_scaler
-from detnas.configs import FinetuneConfig
+from _common import PAPER_DETECTOR, synthetic_coco
+from detnas.config.schema import FinetuneConfig
 from detnas.data.loading import data_workers
 from detnas.distributed import init_distributed
-from detnas.stages import finetune_job
-from detnas.train import batches_from, param_groups, train_step
-
-from _common import PAPER_DETECTOR, synthetic_coco
+from detnas.model.amp import grad_scaler
+from detnas.stages.jobs import finetune_job
+from detnas.stages.train import batches_from, param_groups, train_step
 
 
 def data_rate(job, cfg, workers: int, batches: int, device) -> float:

@@ -19,18 +19,17 @@ from pathlib import Path
 
 import torch
 
-from detnas.config import validate
-from detnas.configs import FinetuneConfig, PretrainConfig
+from _common import demo_settings
+from detnas.config.runs import CHECKPOINT, is_finished
+from detnas.config.schema import FinetuneConfig, PretrainConfig
 from detnas.data.demo import build_demo_data
 from detnas.data.sources import load_detection
 from detnas.data.transforms import DetectionTransform
-from detnas.evaluate import detection_metrics
-from detnas.runs import CHECKPOINT, is_finished
-from detnas.space import get_space, parse_arch
-from detnas.stages import finetune_job, pretrain_job, run_stage
-from detnas.train import batches_from, lr_factor, param_groups, train_step
-
-from _common import demo_settings
+from detnas.model.evaluate import detection_metrics
+from detnas.model.space import get_space, parse_arch
+from detnas.stages.jobs import finetune_job, pretrain_job, run_stage
+from detnas.stages.train import batches_from, lr_factor, param_groups, train_step
+from detnas.strict import validate
 
 
 def main() -> None:

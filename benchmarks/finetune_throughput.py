@@ -1,6 +1,6 @@
 """Demo supernet finetuning: training throughput (images/s) and peak memory (max RSS).
 
-Runs the real training loop (``detnas.train.run_training`` on ``stages.finetune_job``) with the demo's
+Runs the real training loop (``detnas.stages.train.run_training`` on ``stages.finetune_job``) with the demo's
 detector and finetuning settings (Small space, FPN Faster R-CNN, 128px, batch 8; read from the
 packaged demo config) on demo data built with fewer images (same image size), for a few dozen steps.
 Throughput is taken from the training log, after the first window (start-up excluded).
@@ -20,12 +20,11 @@ from pathlib import Path
 
 import torch
 
-from detnas.data.demo import build_demo_data
-from detnas.runs import LOG_FILE
-from detnas.stages import finetune_job
-from detnas.train import run_training
-
 from _common import SOURCE, demo_finetune, demo_settings
+from detnas.config.runs import LOG_FILE
+from detnas.data.demo import build_demo_data
+from detnas.stages.jobs import finetune_job
+from detnas.stages.train import run_training
 
 
 def main() -> None:

@@ -5,9 +5,9 @@ Usage: .venv/bin/python benchmarks/flops_table.py
 
 import torch
 
-from detnas.flops import arch_cost, count_macs, count_params
-from detnas.space import PRESETS, parse_arch
-from detnas.supernet import ShuffleNetBackbone
+from detnas.model.flops import arch_cost, count_macs, count_params
+from detnas.model.space import PRESETS, parse_arch
+from detnas.model.supernet import ShuffleNetBackbone
 
 
 def main() -> None:

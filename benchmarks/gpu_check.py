@@ -32,8 +32,8 @@ import yaml
 from PIL import Image
 
 from detnas.checkpoint import load_checkpoint
-from detnas.configs import FinetuneConfig, FitnessConfig
-from detnas.runs import CHECKPOINT, FINETUNE
+from detnas.config.runs import CHECKPOINT, FINETUNE
+from detnas.config.schema import FinetuneConfig, FitnessConfig
 
 
 def make_coco(root: Path, n: int, height: int, width: int, seed: int = 0) -> Path:
@@ -109,9 +109,9 @@ def max_weight_difference(a: Path, b: Path) -> float:
 
 def step_time(cfg: FinetuneConfig, amp: str, device: torch.device, steps: int) -> tuple[float, float]:
     """Median step time (s) and peak memory (GiB; CUDA only) of the supernet detector's training step."""
-    from detnas.amp import grad_scaler
-    from detnas.stages import finetune_job
-    from detnas.train import param_groups, train_step
+    from detnas.model.amp import grad_scaler
+    from detnas.stages.jobs import finetune_job
+    from detnas.stages.train import param_groups, train_step
 
     job = finetune_job(cfg, Path(tempfile.mkdtemp()))
     model = job.model.to(device)
@@ -173,9 +173,9 @@ def main() -> None:
         t, peak = step_time(fcfg.model_copy(update={"amp": amp}), amp, device, timed)
         rows.append((f"training step {args.height}x{args.width} batch 2, amp {amp}", f"{t * 1000:.0f} ms, peak {peak:.2f} GiB"))
 
-    from detnas.flops import sample_arch
-    from detnas.search_stage import SupernetEvaluator
-    from detnas.space import get_space
+    from detnas.model.flops import sample_arch
+    from detnas.model.space import get_space
+    from detnas.stages.search import SupernetEvaluator
 
     evaluator = SupernetEvaluator(work / "a", FitnessConfig(recalib_images=64 if not args.smoke else 8, batch_size=8))
     rng = np.random.default_rng(0)

@@ -17,15 +17,15 @@ import time
 from pathlib import Path
 
 import torch
-from _common import demo_settings
 
-from detnas import supernet_growth
+from _common import demo_settings
 from detnas.data.classification import ImageFolderDataset, classification_transform
 from detnas.data.loading import CachedBatches
-from detnas.evaluate import evaluate_classification_path, recalibration_batches
-from detnas.space import get_space
-from detnas.stages import pretrain_job
-from detnas.train import run_training
+from detnas.model import growth as supernet_growth
+from detnas.model.evaluate import evaluate_classification_path, recalibration_batches
+from detnas.model.space import get_space
+from detnas.stages.jobs import pretrain_job
+from detnas.stages.train import run_training
 
 
 def main() -> None:

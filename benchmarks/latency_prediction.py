@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from detnas.latency import LatencyTable, Timer, check_clock, measure_arch, measure_table, parse_size
-from detnas.space import NUM_CHOICES, get_space
-from detnas.supernet import ShuffleNetBackbone
-
 from _common import demo_settings
+from detnas.model.latency_table import LatencyTable
+from detnas.model.space import NUM_CHOICES, get_space
+from detnas.model.supernet import ShuffleNetBackbone
+from detnas.tools.latency import Timer, check_clock, measure_arch, measure_table, parse_size
 
 
 def isolated_blocks(space, size, batch, device, warmup, reps, clock) -> tuple[np.ndarray, float]:

@@ -18,12 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from detnas.pareto import front_records
-from detnas.search import run_search
-from detnas.search_stage import SupernetEvaluator
-from detnas.space import arch_to_str
-
 from _common import add_supernet_args, default_supernet, demo_settings, max_flops, prepare_supernet
+from detnas.model.space import arch_to_str
+from detnas.search.engine import run_search
+from detnas.search.pareto import front_records
+from detnas.stages.search import SupernetEvaluator
 
 
 def hypervolume(front: list[dict], budget: float) -> float:

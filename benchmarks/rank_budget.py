@@ -21,17 +21,17 @@ import tempfile
 from pathlib import Path
 
 from _common import demo_settings, print_choice_count_taus
-
 from detnas.checkpoint import load_checkpoint
-from detnas.configs import PretrainConfig
+from detnas.config.runs import CHECKPOINT, PRETRAIN, RANK_CHECK_FILE, RANK_PLAN_FILE, RANK_SCORES_FILE
+from detnas.config.schema import PretrainConfig
 from detnas.data.classification import ImageFolderDataset, classification_transform
 from detnas.data.loading import CachedBatches
-from detnas.evaluate import evaluate_classification_path, recalibration_batches
-from detnas.rank_stats import kendall_tau
-from detnas.runs import CHECKPOINT, PRETRAIN, RANK_CHECK_FILE, RANK_PLAN_FILE, RANK_SCORES_FILE
-from detnas.space import get_space, parse_arch
-from detnas.stages import pretrain_job, run_stage
-from detnas.supernet import ShuffleNetBackbone
+from detnas.model.evaluate import evaluate_classification_path, recalibration_batches
+from detnas.model.space import get_space, parse_arch
+from detnas.model.supernet import ShuffleNetBackbone
+from detnas.stages.jobs import pretrain_job, run_stage
+from detnas.stages.rank_stats import kendall_tau
+
 
 def standalone_config(iters: int, seed: int) -> PretrainConfig:
     """The demo's pretraining recipe for one standalone network, ``iters`` steps long."""

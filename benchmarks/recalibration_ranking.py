@@ -36,13 +36,12 @@ import torch
 from scipy.stats import kendalltau, spearmanr
 
 from _common import add_supernet_args, default_supernet, demo_settings, max_flops, prepare_supernet, recalibration_set
-
+from detnas.config.schema import FitnessConfig
 from detnas.data.detection import collate
-from detnas.evaluate import detection_metrics, recalibrated_path, recalibration_batches
-from detnas.flops import arch_cost, sample_arch
-from detnas.configs import FitnessConfig
-from detnas.search_stage import SupernetEvaluator
-from detnas.space import arch_to_str
+from detnas.model.evaluate import detection_metrics, recalibrated_path, recalibration_batches
+from detnas.model.flops import arch_cost, sample_arch
+from detnas.model.space import arch_to_str
+from detnas.stages.search import SupernetEvaluator
 
 
 def batches(images: list, size: int) -> list[list]:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from detnas.data.detection import collate
-from detnas.evaluate import recalibration_batches
+from detnas.model.evaluate import recalibration_batches
 
 HEIGHT, WIDTH = 800, 1067  # a 640x480 image resized to 800x1333
 

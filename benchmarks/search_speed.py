@@ -1,7 +1,7 @@
 """Search speed on the demo: candidates evaluated per minute, where a candidate's time goes, the cost
 against a straightforward evaluator, and 2 torchrun workers against 1 process.
 
-Uses the demo's settings, read from ``src/detnas/configs/demo.yaml`` (Small space, FPN Faster R-CNN
+Uses the demo's settings, read from ``src/detnas/config/packaged/demo.yaml`` (Small space, FPN Faster R-CNN
 at 128 px, the held-out search split, fitness = BN recalibration on 64 training images in batches of
 25, then COCO mAP on the search split) on the built-in demo data. The supernet is finetuned from
 scratch with the demo's finetuning schedule, once, and kept in ``$TMPDIR/detnas-bench`` (or give
@@ -30,16 +30,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detnas.cocoeval import coco_map
-from detnas.data.detection import collate
-from detnas.detector import extract_detector, set_path
-from detnas.evaluate import detector_backbone_forward, predict, recalibrate_bn, recalibration_batches
-from detnas.flops import sample_arch
-
 from _common import (
-    add_supernet_args, default_supernet, demo_settings, max_flops, prepare_supernet, pycocotools_stats,
+    add_supernet_args,
+    default_supernet,
+    demo_settings,
+    max_flops,
+    prepare_supernet,
+    pycocotools_stats,
     recalibration_set,
 )
+from detnas.data.detection import collate
+from detnas.model.cocoeval import coco_map
+from detnas.model.detector import extract_detector, set_path
+from detnas.model.evaluate import detector_backbone_forward, predict, recalibrate_bn, recalibration_batches
+from detnas.model.flops import sample_arch
+
 
 def pycocotools_map(gt: dict, detections: list[dict]) -> float:
     if not detections:  # pycocotools cannot load an empty result list
@@ -79,7 +84,7 @@ def med(rows: list[dict], key: str) -> float:
 
 
 def per_candidate(args) -> None:
-    from detnas.search_stage import SupernetEvaluator
+    from detnas.stages.search import SupernetEvaluator
 
     fitness = demo_settings().fitness
     t0 = time.perf_counter()
@@ -170,10 +175,10 @@ def per_candidate(args) -> None:
 def search_worker(args) -> None:
     """Run under torchrun or alone: one generation of random candidates through the real engine; rank 0
     prints the seconds the search itself took (set-up excluded: it is the same once per worker)."""
+    from detnas.config.schema import SearchConfig
     from detnas.distributed import barrier, get_rank, get_world_size
-    from detnas.configs import SearchConfig
-    from detnas.search import run_search
-    from detnas.search_stage import SupernetEvaluator
+    from detnas.search.engine import run_search
+    from detnas.stages.search import SupernetEvaluator
 
     evaluator = SupernetEvaluator(args.supernet, demo_settings().fitness)
     demo = demo_settings()

@@ -21,10 +21,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from _common import print_choice_count_taus
 
-from detnas.rank_stats import bootstrap_ci, kendall_tau
-from detnas.runs import RANK_CHECK_FILE
+from _common import print_choice_count_taus
+from detnas.config.runs import RANK_CHECK_FILE
+from detnas.stages.rank_stats import bootstrap_ci, kendall_tau
 
 
 def named_folder(text: str) -> tuple[str, Path]:

@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 from _common import demo_settings
-
-from detnas.space import arch_to_str, get_space
-from detnas.stages import eval_archs, pretrain_job, run_stage
+from detnas.model.space import arch_to_str, get_space
+from detnas.stages.jobs import eval_archs, pretrain_job, run_stage
 
 
 def pretrain_config(iters: int, grow_iters: int, seed: int = 0):

@@ -2,7 +2,7 @@
 standalone network (same path, same batch, same optimizer settings), timed in one run, interleaved
 and repeated; the ratio of the medians is the overhead of training through the supernet.
 
-Both steps run ``detnas.train.train_step`` (forward, backward, gradient all-reduce, SGD with momentum
+Both steps run ``detnas.stages.train.train_step`` (forward, backward, gradient all-reduce, SGD with momentum
 and weight decay), i.e. the code of the training loop. Workloads follow the demo: classification at
 32px with batch 64 (pretraining), FPN Faster R-CNN at 128px with batch 8 (finetuning).
 
@@ -19,14 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from detnas.detector import DetectorConfig, build_detector, extract_detector, set_path
-from detnas.flops import arch_cost
-from detnas.space import arch_to_str, get_space
-from detnas.supernet import ShuffleNetBackbone
-from detnas.train import Job, param_groups, path_for_step, train_step
-from detnas.configs import SamplingConfig
+from detnas.config.schema import SamplingConfig
+from detnas.model.detector import DetectorConfig, build_detector, extract_detector, set_path
+from detnas.model.flops import arch_cost
+from detnas.model.space import arch_to_str, get_space
+from detnas.model.supernet import ShuffleNetBackbone
+from detnas.stages.train import Job, param_groups, path_for_step, train_step
 
-# the demo's settings (src/detnas/configs/demo.yaml)
+# the demo's settings (src/detnas/config/packaged/demo.yaml)
 DETECTOR = DetectorConfig(kind="fpn", fpn_channels=64, box_head_channels=256, anchor_size=8, min_size=128,
                           max_size=128, box_batch_size_per_image=64)
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
 # a detector small enough to train in seconds on a CPU (the paper's widths: 256 and 1024)
 TINY_DETECTOR = {"fpn_channels": 16, "box_head_channels": 32, "min_size": 64, "max_size": 64}
 # ... and cheap to train and test: few RoIs sampled per image, few proposals kept
@@ -109,7 +108,7 @@ RETRAINED_CLASSES = ["cat", "dog"]
 
 
 def retrained_detector_cfg(kind: str = "fpn"):
-    from detnas.detector import DetectorConfig
+    from detnas.model.detector import DetectorConfig
 
     return DetectorConfig(kind=kind, fpn_channels=16, box_head_channels=32, min_size=64, max_size=96,
                           rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=100, score_thresh=0.0)
@@ -122,10 +121,10 @@ def make_retrained(path, kind: str = "fpn", classes=RETRAINED_CLASSES, stage: st
     import torch
 
     from detnas.checkpoint import save_checkpoint
-    from detnas.detector import build_detector
-    from detnas.evaluate import detector_backbone_forward, recalibrate_bn
-    from detnas.space import get_space, parse_arch
-    from detnas.supernet import ShuffleNetBackbone
+    from detnas.model.detector import build_detector
+    from detnas.model.evaluate import detector_backbone_forward, recalibrate_bn
+    from detnas.model.space import get_space, parse_arch
+    from detnas.model.supernet import ShuffleNetBackbone
 
     torch.manual_seed(0)
     space = get_space("small")

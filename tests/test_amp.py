@@ -17,13 +17,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from data_builders import TINY_DETECTOR  # noqa: E402
-from test_train import assert_same_run, coco, data, finetune_cfg, pretrain_cfg, read_ckpt, read_log, train  # noqa: E402, F401
-
-from detnas.amp import autocast, grad_scaler, resolve_amp  # noqa: E402
-from detnas.detector import DetectorConfig, build_detector, set_path  # noqa: E402
 from detnas.errors import UserError  # noqa: E402
-from detnas.space import get_space  # noqa: E402
-from detnas.supernet import ShuffleNetBackbone  # noqa: E402
+from detnas.model.amp import autocast, grad_scaler, resolve_amp  # noqa: E402
+from detnas.model.detector import DetectorConfig, build_detector, set_path  # noqa: E402
+from detnas.model.space import get_space  # noqa: E402
+from detnas.model.supernet import ShuffleNetBackbone  # noqa: E402
+from test_train import assert_same_run, coco, data, finetune_cfg, pretrain_cfg, read_ckpt, read_log, train  # noqa: E402, F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

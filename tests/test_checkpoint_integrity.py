@@ -14,12 +14,12 @@ import yaml
 import detnas
 from cli_checks import one_line_error
 from data_builders import TINY_DETECTOR, make_coco, make_image_folder
+from detnas.artifacts.export import export_model
 from detnas.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
-from detnas.detector import DetectorConfig, build_detector
 from detnas.errors import UserError
-from detnas.export import export_model
-from detnas.space import get_space
-from detnas.supernet import ShuffleNetBackbone
+from detnas.model.detector import DetectorConfig, build_detector
+from detnas.model.space import get_space
+from detnas.model.supernet import ShuffleNetBackbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 ALL0 = "0" * 20

@@ -24,7 +24,7 @@ def test_flops_preset_uses_its_space_and_width():
 
 
 def test_space_lists_every_preset():
-    from detnas.space import PRESETS
+    from detnas.model.space import PRESETS
 
     r = run_cli("space")
     assert r.returncode == 0

@@ -4,9 +4,8 @@ import random
 import pytest
 import torch
 
+from detnas.model.cocoeval import METRICS, coco_map, detections_from_outputs, format_metrics_table
 from reference_coco import pycocotools_stats
-
-from detnas.cocoeval import METRICS, coco_map, detections_from_outputs, format_metrics_table
 
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 7, "name": "bird"}]  # non-contiguous
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
-from data_builders import make_image_folder, write_image
 
+from data_builders import make_image_folder, write_image
 from detnas.data import ImageFolderDataset, classification_transform
 from detnas.errors import UserError
 

@@ -5,8 +5,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from data_builders import make_coco, write_image
 
+from data_builders import make_coco, write_image
 from detnas.data import collate, load_coco
 from detnas.errors import UserError
 

@@ -3,8 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from detnas.data import ImageFolderDataset, build_demo_data, load_coco
-from detnas.data import demo
+from detnas.data import ImageFolderDataset, build_demo_data, demo, load_coco
 from detnas.errors import UserError
 
 TINY = dict(cls_train=40, cls_val=10, det_train=8, det_val=4, det_test=4, image_size=64, digit_height=(10, 30))

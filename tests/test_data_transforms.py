@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
-from data_builders import make_coco
 from PIL import Image
 
+from data_builders import make_coco
 from detnas.data import DetectionTransform, load_coco
 
 

@@ -1,6 +1,6 @@
 import pytest
-from data_builders import make_voc
 
+from data_builders import make_voc
 from detnas.data import load_voc
 from detnas.errors import UserError
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import assert_same_run, coco, data, finetune_cfg, pretrain_cfg, train  # noqa: E402, F401
-
 from detnas.data import loading  # noqa: E402
 from detnas.data.loading import WORKERS_ENV, data_workers  # noqa: E402
+from test_train import assert_same_run, coco, data, finetune_cfg, pretrain_cfg, train  # noqa: E402, F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -1,10 +1,10 @@
 import torch
 
-from detnas.detector import DetectorConfig, build_detector
-from detnas.detector_flops import detector_macs
-from detnas.flops import arch_cost, count_macs
-from detnas.space import get_space
-from detnas.supernet import ShuffleNetBackbone
+from detnas.model.detector import DetectorConfig, build_detector
+from detnas.model.detector_flops import detector_macs
+from detnas.model.flops import arch_cost, count_macs
+from detnas.model.space import get_space
+from detnas.model.supernet import ShuffleNetBackbone
 
 SMALL = get_space("small")
 ARCH = (2, 1, 0, 3) * 5

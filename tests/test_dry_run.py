@@ -15,9 +15,9 @@ import yaml
 from cli_checks import one_line_error
 from data_builders import make_standard_layouts
 from detnas.checkpoint import save_checkpoint
-from detnas.config import load_config, packaged_configs
-from detnas.configs import PipelineConfig
-from detnas.runs import CHECKPOINT, METRICS_FILE
+from detnas.config.loader import load_config, packaged_configs
+from detnas.config.runs import CHECKPOINT, METRICS_FILE
+from detnas.config.schema import PipelineConfig
 
 SHIPPED = ("coco-fpn-small", "coco-retinanet-small", "voc-fpn-small", "coco-fpn-large")
 SMALL_SPLIT = ("--set", "detection.holdout.size=2")  # the tiny datasets hold 6 training images

@@ -15,22 +15,25 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from typer.testing import CliRunner
 
 import detnas
-from data_builders import RETRAINED_ARCH as ARCH, RETRAINED_CLASSES as CLASSES, make_coco, make_retrained, make_voc
+from data_builders import RETRAINED_ARCH as ARCH
+from data_builders import RETRAINED_CLASSES as CLASSES
+from data_builders import make_coco, make_retrained, make_voc
 from data_builders import retrained_detector_cfg as tiny_cfg
+from detnas.artifacts.export import OneImageDetector, export_model
+from detnas.artifacts.inference import evaluate_detector
+from detnas.artifacts.weights import load_trained_detector
 from detnas.checkpoint import load_checkpoint, save_checkpoint
-from detnas.cocoeval import format_metrics_table
 from detnas.cli import app as detnas_app
+from detnas.config.schema import DetectionSource
 from detnas.data.coco import load_coco
 from detnas.data.transforms import DetectionTransform
-from detnas.detector import DetectorConfig, anchor_generator, build_detector, roi_pooler
 from detnas.errors import UserError
-from detnas.evaluate import detection_metrics
-from detnas.export import OneImageDetector, export_model
-from detnas.inference import evaluate_detector
-from detnas.weights import load_trained_detector
-from detnas.space import get_space, parse_arch
-from detnas.supernet import ShuffleNetBackbone
-from detnas.configs import DetectionSource
+from detnas.model.cocoeval import format_metrics_table
+from detnas.model.detector import DetectorConfig, anchor_generator, build_detector, roi_pooler
+from detnas.model.evaluate import detection_metrics
+from detnas.model.space import get_space, parse_arch
+from detnas.model.supernet import ShuffleNetBackbone
+
 
 @pytest.fixture(scope="module")
 def retrained(tmp_path_factory):
@@ -315,7 +318,7 @@ def test_bad_inputs_are_one_line_errors_naming_the_file(tmp_path, coco):
 
 def test_backbone_inherits_a_supernet_path(tmp_path):
     """Weights from a supernet finetune checkpoint: the path's blocks, FPN included, as extracted."""
-    from detnas.detector import extract_detector
+    from detnas.model.detector import extract_detector
 
     torch.manual_seed(0)
     space, cfg = get_space("small"), tiny_cfg("fpn")

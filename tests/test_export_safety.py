@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-import detnas.export
+import detnas.artifacts.export
 from cli_checks import ENV, one_line_error
 from data_builders import TINY_DETECTOR
+from detnas.artifacts.export import export_model
 from detnas.checkpoint import save_checkpoint
-from detnas.detector import DetectorConfig, build_detector
-from detnas.export import export_model
-from detnas.space import get_space
-from detnas.supernet import ShuffleNetBackbone
+from detnas.model.detector import DetectorConfig, build_detector
+from detnas.model.space import get_space
+from detnas.model.supernet import ShuffleNetBackbone
 
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 # ``detnas`` in a process where the ONNX packages cannot be imported, as after `pip install -e .`
@@ -69,8 +69,8 @@ def test_a_failed_export_leaves_the_folder_as_it_was(checkpoints, tmp_path, monk
     def fail(*args, **kwargs):
         raise RuntimeError("the exporter broke half-way")
 
-    monkeypatch.setattr(detnas.export, "require_onnx", lambda: None)
-    monkeypatch.setattr(detnas.export, "_export_onnx", fail)
+    monkeypatch.setattr(detnas.artifacts.export, "require_onnx", lambda: None)
+    monkeypatch.setattr(detnas.artifacts.export, "_export_onnx", fail)
     with pytest.raises(RuntimeError):
         export_model(checkpoints["retrain"], out, onnx=True)
     assert contents(out) == before  # no new weights beside an old arch.json, no temp folder left

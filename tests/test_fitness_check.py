@@ -2,7 +2,7 @@
 
 import pytest
 
-from detnas.fitness_check import check_fitness
+from detnas.search.fitness_check import check_fitness
 
 
 def history(maps):

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from detnas.flops import arch_cost, cost_table, count_macs, count_params, sample_arch
-from detnas.space import ArchError, get_space, parse_arch, to_arch
-from detnas.supernet import ShuffleNetBackbone
+from detnas.model.flops import arch_cost, cost_table, count_macs, count_params, sample_arch
+from detnas.model.space import ArchError, get_space, parse_arch, to_arch
+from detnas.model.supernet import ShuffleNetBackbone
 
 SMALL = get_space("small")
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from cli_checks import one_line_error
-from detnas import latency
-from detnas.configs import SearchConfig
-from detnas.constraints import check_constraints
-from detnas.detector import DetectorConfig
+from detnas.config.schema import SearchConfig
 from detnas.errors import UserError
-from detnas.latency import LatencyTable, load_table
-from detnas.search import run_search
-from detnas.space import NUM_CHOICES, get_space
+from detnas.model.detector import DetectorConfig
+from detnas.model.latency_table import LatencyTable, load_table
+from detnas.model.space import NUM_CHOICES, get_space
+from detnas.search.constraints import check_constraints
+from detnas.search.engine import run_search
+from detnas.tools import latency
 
 SPACE = get_space("small")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -131,7 +131,7 @@ def test_bad_tables_are_one_line_errors(tmp_path, cli_here):
     with pytest.raises(UserError, match=r"bad latency table: .*finite"):
         load_table(synthetic(tmp_path, fixed_ms={"stem": -1.0}))
     with pytest.raises(UserError, match="max_latency_ms needs latency_table"):
-        from detnas.config import validate
+        from detnas.strict import validate
         validate(SearchConfig, {"max_latency_ms": 10}, "search.yaml")
     for args, expect in ((["--input-size", "16"], "at least 32"), (["--input-size", "axb"], "'axb'"),
                          (["--detector", "ssd"], "--detector"), (["--device", "tpu"], "--device"),

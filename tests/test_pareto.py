@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from cli_checks import one_line_error
+from detnas.config.runs import BEST_FILE, PARETO_FILE, PARTIAL_FILE, SEARCH_STATE_FILE
 from detnas.errors import UserError
-from detnas.pareto import crowding_distance, nondominated_fronts, nsga_select, pick
-from detnas.runs import BEST_FILE, PARETO_FILE, PARTIAL_FILE, SEARCH_STATE_FILE
-from detnas.search_state import load_state
+from detnas.search.pareto import crowding_distance, nondominated_fronts, nsga_select, pick
+from detnas.search.state import load_state
 from test_latency import synthetic
 from test_search import Counter, fitness, key_fields, never, search
 
@@ -127,7 +127,7 @@ def test_pareto_over_latency_and_picking(tmp_path, cli_here):
 
 
 def test_retrain_picks_from_the_front(tmp_path, cli_here, monkeypatch):
-    import detnas.retrain
+    import detnas.stages.retrain
 
     search(tmp_path, "lat", latency_table=synthetic(tmp_path), **{**PARETO, "max_flops": None})
     front = tmp_path / "lat" / PARETO_FILE
@@ -139,7 +139,7 @@ def test_retrain_picks_from_the_front(tmp_path, cli_here, monkeypatch):
         seen.append("".join(map(str, arch)))
         return {"arch": seen[-1], "body_flops": 1e8, "test": {"AP": 0.0}}
 
-    monkeypatch.setattr(detnas.retrain, "run_retrain", fake_retrain)
+    monkeypatch.setattr(detnas.stages.retrain, "run_retrain", fake_retrain)
     r = cli_here("retrain", "--arch", front, "--pick", "latency<=50ms", "--config", config, "--out", tmp_path / "r")
     assert seen == [pick(front, "latency<=50ms")["arch"]] and f"picked {seen[0]}" in r.stdout
     one_line_error(cli_here("retrain", "--arch", front, "--config", config, check=False), "--pick")
@@ -158,8 +158,8 @@ def test_infeasible_pareto_search_fails_fast(tmp_path):
 
 
 def test_the_pipeline_refuses_a_strategy_it_would_not_run():
-    from detnas.config import validate
-    from detnas.configs import PipelineConfig
+    from detnas.config.schema import PipelineConfig
+    from detnas.strict import validate
 
     schedule = {"iters": 1, "batch_size": 2, "lr": 0.1}
     cfg = {"detection": {"train": {"annotations": "a.json", "images": "img"}, "holdout": {"size": 1}},

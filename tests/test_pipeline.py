@@ -19,7 +19,6 @@ from data_builders import TINY_TRAINED_DETECTOR
 from detnas.data.demo import build_demo_data
 
 
-
 def tiny_pipeline_config(tmp: Path) -> Path:
     paths = build_demo_data(tmp / "data", seed=0, cls_train=200, cls_val=50, det_train=48, det_val=4, det_test=12,
                             image_size=64, digit_height=(10, 30))
@@ -124,9 +123,9 @@ def test_pipeline_killed_during_search_resumes_and_reports(tmp_path):
 
 
 def test_packaged_demo_config_is_valid_and_uses_the_demo_data(tmp_path):
-    from detnas.config import validate
-    from detnas.demo import demo_config
-    from detnas.configs import PipelineConfig
+    from detnas.config.schema import PipelineConfig
+    from detnas.stages.demo import demo_config
+    from detnas.strict import validate
 
     cfg = validate(PipelineConfig, demo_config(tmp_path / "data"), "demo.yaml")
     assert cfg.detection.train.annotations.is_file() and cfg.detection.test.annotations.is_file()

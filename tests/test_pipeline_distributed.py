@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cli_checks import TORCHRUN, ENV  # noqa: E402
+from cli_checks import ENV, TORCHRUN  # noqa: E402
 from data_builders import TINY_TRAINED_DETECTOR  # noqa: E402
 
-# the final evaluations of the stages (detnas.stages), counted per worker
+# the final evaluations of the stages (detnas.stages.jobs), counted per worker
 EVALUATIONS = ("evaluate_detection_path", "detection_metrics")
 
 
@@ -80,10 +80,10 @@ def test_two_workers_share_the_final_evaluations_and_find_the_same_architectures
                                                                                  one_thread, cli_here):
     import subprocess
 
-    import detnas.stages
+    import detnas.stages.jobs
 
     single = Counter()
-    counting(detnas.stages, single, monkeypatch.setattr)
+    counting(detnas.stages.jobs, single, monkeypatch.setattr)
     cli_here("pipeline", "--config", tiny_config(tmp_path, 4), "--out", tmp_path / "single")
     assert single == {"evaluate_detection_path": 3, "detection_metrics": 3}  # 3 paths; 3 retrained tests
 
@@ -107,11 +107,11 @@ def test_two_workers_share_the_final_evaluations_and_find_the_same_architectures
 def _worker(config: str, out: str, dumps: str) -> None:
     import torch.distributed as dist
 
-    import detnas.stages
+    import detnas.stages.jobs
     from detnas.cli import main
 
     counts = Counter()
-    counting(detnas.stages, counts)
+    counting(detnas.stages.jobs, counts)
     main(["pipeline", "--config", config, "--out", out])
     Path(dumps).mkdir(parents=True, exist_ok=True)
     (Path(dumps) / f"rank{dist.get_rank()}.json").write_text(json.dumps(counts))

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from detnas.checkpoint import save_checkpoint
-from detnas.pipeline import _Stages
-from detnas.runs import PIPELINE_FILE as STATE_FILE
+from detnas.config.runs import PIPELINE_FILE as STATE_FILE
+from detnas.stages.pipeline import _Stages
 
 
 def test_skipped_and_resumed_stages_are_named(tmp_path, capsys):

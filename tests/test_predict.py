@@ -12,8 +12,8 @@ from PIL import Image
 
 from cli_checks import one_line_error
 from data_builders import make_retrained, write_image
+from detnas.artifacts.predict import DETECTIONS_FILE, IMAGES_FILE
 from detnas.data.transforms import DetectionTransform
-from detnas.predict import DETECTIONS_FILE, IMAGES_FILE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -107,9 +107,9 @@ def test_bad_inputs_are_one_line_errors(tmp_path, checkpoint, cli_here):
 
 def test_report_gallery_shows_searched_and_baseline_detections(tmp_path, checkpoint):
     from data_builders import make_coco
-    from detnas.configs import DetectionSource
-    from detnas.report import GALLERY_IMAGES, GALLERY_SCORE, gallery
-    from detnas.runs import CHECKPOINT, RETRAIN_DETECTOR_DIR, retrain_dir
+    from detnas.config.runs import CHECKPOINT, RETRAIN_DETECTOR_DIR, retrain_dir
+    from detnas.config.schema import DetectionSource
+    from detnas.stages.report import GALLERY_IMAGES, GALLERY_SCORE, gallery
 
     ckpt, det = checkpoint
     ann, images = make_coco(tmp_path / "test", n_images=4, size=(80, 64))

@@ -15,14 +15,14 @@ import yaml
 from cli_checks import one_line_error
 from cli_checks import run_here as run_cli
 from data_builders import TINY_TRAINED_DETECTOR
-from detnas.config import validate
-from detnas.configs import FinetuneConfig, RankCheckStageConfig
+from detnas.config.schema import FinetuneConfig, RankCheckStageConfig
 from detnas.data.demo import build_demo_data
-from detnas.rank_check import run_rank_check, summarize
-from detnas.rank_stats import bootstrap_ci, kendall_tau, spearman_rho, topk_hit_rate
-from detnas.search_stage import SupernetEvaluator
-from detnas.space import get_space, parse_arch
-from detnas.stages import finetune_job, run_stage
+from detnas.model.space import get_space, parse_arch
+from detnas.stages.jobs import finetune_job, run_stage
+from detnas.stages.rank_check import run_rank_check, summarize
+from detnas.stages.rank_stats import bootstrap_ci, kendall_tau, spearman_rho, topk_hit_rate
+from detnas.stages.search import SupernetEvaluator
+from detnas.strict import validate
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -65,8 +65,8 @@ def test_cheap_readme_commands_run(args):
 
 
 def test_readme_config_example_is_a_valid_pipeline_config():
-    from detnas.config import validate
-    from detnas.configs import PipelineConfig
+    from detnas.config.schema import PipelineConfig
+    from detnas.strict import validate
 
     examples = [body for lang, body in BLOCKS if lang == "yaml"]
     assert examples
@@ -80,11 +80,11 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     import torch
 
     from data_builders import TINY_DETECTOR
+    from detnas.artifacts.export import export_model
     from detnas.checkpoint import save_checkpoint
-    from detnas.detector import DetectorConfig, build_detector
-    from detnas.export import export_model
-    from detnas.space import get_space
-    from detnas.supernet import ShuffleNetBackbone
+    from detnas.model.detector import DetectorConfig, build_detector
+    from detnas.model.space import get_space
+    from detnas.model.supernet import ShuffleNetBackbone
 
     det_cfg = DetectorConfig(**TINY_DETECTOR)
     arch = (1,) * 20

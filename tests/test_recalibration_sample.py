@@ -6,7 +6,7 @@ images would be one class, and a path's statistics from them make it look much w
 
 import torch
 
-from detnas.evaluate import recalibration_batches
+from detnas.model.evaluate import recalibration_batches
 
 
 class Indexed(torch.utils.data.Dataset):

@@ -1,7 +1,7 @@
 """The report says in words whether the searched network beats the baseline by more than the seed spread,
 and warns when the supernet itself did not learn."""
 
-from detnas.report import seed_verdict
+from detnas.stages.report import seed_verdict
 
 
 def test_a_lead_larger_than_the_seed_spread_is_a_win():
@@ -24,7 +24,7 @@ def test_one_seed_cannot_tell():
 def test_the_report_warns_when_the_supernet_is_near_chance_or_does_not_detect(tmp_path):
     import json
 
-    from detnas.report import _supernet
+    from detnas.stages.report import _supernet
 
     for stage, metrics in (("pretrain", {"top1": {"0" * 20: 0.12, "3" * 20: 0.15}, "chance": 0.1}),
                            ("finetune", {"split": "search", "map": {"0" * 20: {"AP": 0.004, "AP50": 0.02}}})):

@@ -3,9 +3,9 @@ torchvision's K+1 outputs so that its weights load into a plain torchvision Reti
 
 import torch
 
-from detnas.detector import BACKGROUND_LOGIT, DetectorConfig, build_detector
-from detnas.space import get_space
-from detnas.supernet import ShuffleNetBackbone
+from detnas.model.detector import BACKGROUND_LOGIT, DetectorConfig, build_detector
+from detnas.model.space import get_space
+from detnas.model.supernet import ShuffleNetBackbone
 
 
 def test_no_background_detections_and_the_background_logit_stays_pinned(one_thread):

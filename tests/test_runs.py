@@ -7,14 +7,20 @@ import json
 
 import pytest
 
-from detnas.errors import UserError
-from detnas.runs import (
-    BEST_FILE, METRICS_FILE, RESULT_FILE, SEARCH_RESUMABLE, TRAINING_RESUMABLE, config_changes, is_finished,
+import detnas.model.space
+from detnas.config.runs import (
+    BEST_FILE,
+    METRICS_FILE,
+    RESULT_FILE,
+    SEARCH_RESUMABLE,
+    TRAINING_RESUMABLE,
+    config_changes,
+    is_finished,
 )
-import detnas.space
-from detnas.flops import arch_cost
-from detnas.space import PRESETS, ArchError, get_space, resolve_arch, to_arch
-from detnas.supernet import ShuffleNetBackbone
+from detnas.errors import UserError
+from detnas.model.flops import arch_cost
+from detnas.model.space import PRESETS, ArchError, get_space, resolve_arch, to_arch
+from detnas.model.supernet import ShuffleNetBackbone
 
 
 @pytest.mark.parametrize("marker", [METRICS_FILE, BEST_FILE, RESULT_FILE])
@@ -53,8 +59,8 @@ def test_resolve_arch_finds_the_space_of_digits_presets_and_lists():
 def test_an_architecture_is_validated_once_on_its_way_to_the_network(text, monkeypatch):
     """At the door (``resolve_arch``), not again by the networks and the FLOPs count it is given to."""
     calls = []
-    check = detnas.space.validate_arch
-    monkeypatch.setattr(detnas.space, "validate_arch", lambda *args: calls.append(args) or check(*args))
+    check = detnas.model.space.validate_arch
+    monkeypatch.setattr(detnas.model.space, "validate_arch", lambda *args: calls.append(args) or check(*args))
     arch, space = resolve_arch(text)
     ShuffleNetBackbone(space, arch, num_classes=10)
     ShuffleNetBackbone(space).subnet(arch)

@@ -20,18 +20,18 @@ import numpy as np
 import pytest
 
 from cli_checks import ENV
-from detnas.config import validate
+from detnas.config.runs import HISTORY_FILE, PARTIAL_FILE
+from detnas.config.runs import SEARCH_STATE_FILE as STATE_FILE
+from detnas.config.schema import SearchConfig
 from detnas.errors import UserError
-from detnas.flops import arch_cost
-from detnas.configs import SearchConfig
-from detnas.constraints import check_constraints
-from detnas.runs import HISTORY_FILE, PARTIAL_FILE
-from detnas.runs import SEARCH_STATE_FILE as STATE_FILE
-from detnas.search import run_search
-from detnas.search_state import load_state
-from detnas.pareto import pareto_front
-from detnas.search_plots import plot_search, progress_curve
-from detnas.space import SearchSpace, arch_to_str, get_space, to_arch
+from detnas.model.flops import arch_cost
+from detnas.model.space import SearchSpace, arch_to_str, get_space, to_arch
+from detnas.search.constraints import check_constraints
+from detnas.search.engine import run_search
+from detnas.search.pareto import pareto_front
+from detnas.search.plots import plot_search, progress_curve
+from detnas.search.state import load_state
+from detnas.strict import validate
 
 SPACE = get_space("small")
 WEIGHTS = np.random.default_rng(123).random((SPACE.num_blocks, 4))

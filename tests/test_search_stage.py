@@ -27,19 +27,19 @@ import detnas.data.detection as detection_module
 from cli_checks import ENV, TORCHRUN, one_line_error
 from cli_checks import run_detnas as cli
 from cli_checks import run_here as run_cli
-from detnas.amp import autocast
 from data_builders import coco_source, finetune_cfg, merged
-from interruption import Interrupted, interrupt_at
-from detnas.configs import FinetuneConfig, FitnessConfig
+from detnas.config.runs import SPLIT_FILE
+from detnas.config.schema import FinetuneConfig, FitnessConfig
 from detnas.data import build_demo_data
-from detnas.detector import extract_detector
-from detnas.evaluate import detector_backbone_forward, predict, recalibrate_bn, recalibrated_path
-from detnas.flops import arch_cost
-from detnas.runs import SPLIT_FILE
-from detnas.search_stage import SupernetEvaluator
-from detnas.space import get_space, parse_arch
-from detnas.stages import finetune_job, run_stage
-from detnas.train import run_training
+from detnas.model.amp import autocast
+from detnas.model.detector import extract_detector
+from detnas.model.evaluate import detector_backbone_forward, predict, recalibrate_bn, recalibrated_path
+from detnas.model.flops import arch_cost
+from detnas.model.space import get_space, parse_arch
+from detnas.stages.jobs import finetune_job, run_stage
+from detnas.stages.search import SupernetEvaluator
+from detnas.stages.train import run_training
+from interruption import Interrupted, interrupt_at
 
 # subprocesses run single-threaded: the same numbers in every run, and no oversubscription of the cores
 HELD_OUT = 16

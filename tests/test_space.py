@@ -1,6 +1,6 @@
 import pytest
 
-from detnas.space import PRESETS, ArchError, arch_to_str, get_space, parse_arch, to_arch
+from detnas.model.space import PRESETS, ArchError, arch_to_str, get_space, parse_arch, to_arch
 
 SMALL, LARGE = get_space("small"), get_space("large")
 

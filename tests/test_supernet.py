@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from detnas.flops import count_params
-from detnas.space import get_space, to_arch
-from detnas.supernet import STAGE_NAMES, ShuffleNetBackbone
+from detnas.model.flops import count_params
+from detnas.model.space import get_space, to_arch
+from detnas.model.supernet import STAGE_NAMES, ShuffleNetBackbone
 
 
 def random_archs(space, n, seed):

@@ -7,16 +7,16 @@ choice 0, and a run resumed across the growth step must equal an uninterrupted o
 
 import pytest
 import torch
-from data_builders import make_image_folder
-from interruption import Interrupted, interrupt_at
 
-from detnas import supernet_growth
-from detnas.configs import PretrainConfig, RetrainConfig
-from detnas.space import get_space
-from detnas.stages import pretrain_job
-from detnas.supernet import ShuffleNetBackbone
-from detnas.supernet_growth import grow_choices
-from detnas.train import run_training
+from data_builders import make_image_folder
+from detnas.config.schema import PretrainConfig, RetrainConfig
+from detnas.model import growth as supernet_growth
+from detnas.model.growth import grow_choices
+from detnas.model.space import get_space
+from detnas.model.supernet import ShuffleNetBackbone
+from detnas.stages.jobs import pretrain_job
+from detnas.stages.train import run_training
+from interruption import Interrupted, interrupt_at
 
 
 def smooth_images(n: int) -> torch.Tensor:

@@ -8,11 +8,11 @@ same recipe for the same number of steps.
 
 import pytest
 
-from detnas.config import validate
-from detnas.configs import PipelineConfig
-from detnas.demo import demo_config
-from detnas.space import arch_to_str, get_space
-from detnas.stages import eval_archs, pretrain_job, run_stage
+from detnas.config.schema import PipelineConfig
+from detnas.model.space import arch_to_str, get_space
+from detnas.stages.demo import demo_config
+from detnas.stages.jobs import eval_archs, pretrain_job, run_stage
+from detnas.strict import validate
 
 pytestmark = pytest.mark.slow
 

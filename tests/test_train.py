@@ -22,16 +22,15 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from data_builders import coco_source, finetune_cfg, make_coco, make_image_folder, make_voc  # noqa: E402
 from cli_checks import DETNAS, ENV, one_line_error  # noqa: E402
 from cli_checks import run_detnas as cli  # noqa: E402
-from interruption import Interrupted, interrupt_at  # noqa: E402
-
+from data_builders import coco_source, finetune_cfg, make_coco, make_image_folder, make_voc  # noqa: E402
 from detnas.checkpoint import save_checkpoint  # noqa: E402
-from detnas.stages import finetune_job, pretrain_job  # noqa: E402
-from detnas.runs import CHECKPOINT  # noqa: E402
-from detnas.train import param_groups, run_training  # noqa: E402
-from detnas.configs import FinetuneConfig, PretrainConfig  # noqa: E402
+from detnas.config.runs import CHECKPOINT  # noqa: E402
+from detnas.config.schema import FinetuneConfig, PretrainConfig  # noqa: E402
+from detnas.stages.jobs import finetune_job, pretrain_job  # noqa: E402
+from detnas.stages.train import param_groups, run_training  # noqa: E402
+from interruption import Interrupted, interrupt_at  # noqa: E402
 
 ALL0 = "0" * 20
 # subprocesses run single-threaded: the same numbers in every run, and no oversubscription of the cores
@@ -399,10 +398,10 @@ def test_kill_9_while_saving_a_checkpoint_keeps_the_previous_one(data, tmp_path)
 def _kill_in_save(config: str, out: str, saves_before: int) -> None:
     """Run ``detnas pretrain`` in this process and SIGKILL it inside its (saves_before + 1)-th
     checkpoint save, after the temp file is written and before it is renamed into place."""
-    import detnas.train
+    import detnas.stages.train
     from detnas.cli import main
 
-    real_save, calls = detnas.train.save_checkpoint, []
+    real_save, calls = detnas.stages.train.save_checkpoint, []
 
     def save(path, payload):
         if len(calls) == saves_before:
@@ -410,7 +409,7 @@ def _kill_in_save(config: str, out: str, saves_before: int) -> None:
         calls.append(path)
         real_save(path, payload)
 
-    detnas.train.save_checkpoint = save
+    detnas.stages.train.save_checkpoint = save
     main(["pretrain", "--config", config, "--out", out])
 
 

@@ -19,9 +19,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from cli_checks import ENV, TORCHRUN  # noqa: E402
 from data_builders import make_coco, make_image_folder  # noqa: E402
+from detnas.stages.train import epoch_batches  # noqa: E402
 from interruption import Interrupted, interrupt_at  # noqa: E402
-
-from detnas.train import epoch_batches  # noqa: E402
 
 ALL0 = "0" * 20
 
@@ -158,11 +157,11 @@ def _worker(stage: str, config: str, out: str, dumps: str, interrupt: str, *cli_
     import torch.distributed as dist
     from torch import nn
 
-    import detnas.train
+    import detnas.stages.train
     from detnas.cli import main
     from detnas.distributed import SyncBatchNorm2d
 
-    original = detnas.train.run_training
+    original = detnas.stages.train.run_training
     initial = {}
 
     def run_training(job, *args, **kwargs):

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from detnas.errors import UserError
-from detnas.space import PRESETS, SPACES, ArchError, arch_to_str, get_space, parse_arch, resolve_arch
+from detnas.model.space import PRESETS, SPACES, ArchError, arch_to_str, get_space, parse_arch, resolve_arch
 
 app = typer.Typer(
     add_completion=False,
@@ -22,7 +22,7 @@ app = typer.Typer(
 
 
 def _mflops(v: int) -> str:
-    from detnas.flops import fmt_millions
+    from detnas.model.flops import fmt_millions
 
     return fmt_millions(v)
 
@@ -30,7 +30,7 @@ def _mflops(v: int) -> str:
 @app.command()
 def space() -> None:
     """List the search spaces and the named architectures (presets) with their FLOPs at 224x224."""
-    from detnas.flops import arch_cost, cost_table
+    from detnas.model.flops import arch_cost, cost_table
 
     print(f"{'space':<8} {'blocks':>6} {'stem':>5} {'channels':<22} {'body FLOPs range':>22}")
     for name, sp in SPACES.items():
@@ -71,7 +71,7 @@ def flops(
     The detector count is at the size the network sees (--input-size, square) with the paper's head
     sizes unless given; the box head is counted for all test-time proposals.
     """
-    from detnas.flops import arch_cost
+    from detnas.model.flops import arch_cost
 
     if input_size < 32:
         raise UserError(f"--input-size must be at least 32, got {input_size}")
@@ -88,7 +88,7 @@ def flops(
         "body_params": c.body_params,
     }
     if detector is not None:
-        from detnas.detector_flops import detector_costs
+        from detnas.model.detector_flops import detector_costs
 
         result["detector"] = detector_costs(sp, a, detector, det_classes, input_size, fpn_channels,
                                             box_head_channels, proposals)
@@ -126,7 +126,7 @@ def latency(
     import torch
 
     from detnas.atomic import write_json_atomic
-    from detnas.latency import check_clock, detector_of_config, measure_table, parse_size
+    from detnas.tools.latency import check_clock, detector_of_config, measure_table, parse_size
 
     size = parse_size(input_size)
     check_clock(clock, device, threads)
@@ -156,9 +156,9 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue the run in -
 
 
 def _train_stage(stage: str, config: Path, out: Path | None, resume: bool) -> None:
-    from detnas.config import load_config
-    from detnas.stages import finetune_job, pretrain_job, run_stage
-    from detnas.configs import FinetuneConfig, PretrainConfig
+    from detnas.config.loader import load_config
+    from detnas.config.schema import FinetuneConfig, PretrainConfig
+    from detnas.stages.jobs import finetune_job, pretrain_job, run_stage
 
     out = out or Path("runs") / stage
     if stage == "pretrain":
@@ -185,9 +185,9 @@ def finetune(config: ConfigOpt, out: OutOpt = None, resume: ResumeOpt = False) -
 def search(config: ConfigOpt, out: OutOpt = None, resume: ResumeOpt = False) -> None:
     """Stage 3: evolutionary, Pareto (NSGA-II) or random search of the finetuned supernet under a FLOPs, params
     or latency budget."""
-    from detnas.config import load_config
-    from detnas.configs import SearchStageConfig
-    from detnas.search_stage import run_search_stage
+    from detnas.config.loader import load_config
+    from detnas.config.schema import SearchStageConfig
+    from detnas.stages.search import run_search_stage
 
     cfg = load_config(config, SearchStageConfig)
     run_search_stage(cfg, out or Path("runs") / "search", resume)
@@ -206,11 +206,11 @@ def retrain(
              "'map>=30%' (best mAP under a cost bound, least cost over an mAP bound)")] = None,
 ) -> None:
     """Stage 4: retrain one architecture as a standalone network (optionally pretrained) and test it."""
-    from detnas.cocoeval import format_metrics_table
-    from detnas.config import load_config
-    from detnas.configs import RetrainConfig
-    from detnas.pareto import arch_from_front, is_front_file
-    from detnas.retrain import run_retrain
+    from detnas.config.loader import load_config
+    from detnas.config.schema import RetrainConfig
+    from detnas.model.cocoeval import format_metrics_table
+    from detnas.search.pareto import arch_from_front, is_front_file
+    from detnas.stages.retrain import run_retrain
 
     cfg = load_config(config, RetrainConfig)
     space = get_space(cfg.space, cfg.width_mult)
@@ -239,9 +239,9 @@ def rank_check(
 ) -> None:
     """Does the supernet rank architectures as standalone training does? Kendall tau with its interval,
     next to the seed-noise ceiling. Rerun with another --supernet and --resume to reuse the retrainings."""
-    from detnas.config import load_config
-    from detnas.configs import PipelineConfig
-    from detnas.rank_check import run_rank_check
+    from detnas.config.loader import load_config
+    from detnas.config.schema import PipelineConfig
+    from detnas.stages.rank_check import run_rank_check
 
     overrides = {f"rank_check.{k}": v for k, v in {"archs": archs, "seeds": seeds}.items() if v is not None}
     stage_cfg = load_config(config, PipelineConfig, overrides).rank_check_config(supernet, include or [])
@@ -279,21 +279,21 @@ def pipeline(
                                           "write nothing")] = False,
 ) -> None:
     """All stages: pretrain, finetune, search (+ random search), retrain searched/random/baseline, report."""
-    from detnas.config import find_config, load_config
-    from detnas.configs import PipelineConfig
+    from detnas.config.loader import find_config, load_config
+    from detnas.config.schema import PipelineConfig
 
     if imagenet is None and data_root is not None:
         imagenet = data_root / "imagenet"
     cfg = load_config(find_config(config), PipelineConfig, _overrides(settings or []),
                       {"data_root": data_root, "imagenet": imagenet})
     if dry_run:  # under torchrun: every worker checks, the first one prints
-        from detnas.dry_run import dry_run as plan
+        from detnas.stages.dry_run import dry_run as plan
 
         lines = plan(cfg, out, int(os.environ.get("WORLD_SIZE", 1)))
         if os.environ.get("RANK", "0") == "0":
             print("\n".join(lines))
         return
-    from detnas.pipeline import run_pipeline
+    from detnas.stages.pipeline import run_pipeline
 
     report = run_pipeline(cfg, out)
     print(f"report: {report}")
@@ -304,7 +304,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="run folder; rerun to continue")] = Path("runs/demo"),
 ) -> None:
     """The whole pipeline on the built-in demo data (digits on photos), in about 15 minutes on 2 CPU cores."""
-    from detnas.demo import run_demo
+    from detnas.stages.demo import run_demo
 
     report = run_demo(out)
     print(report.read_text() if report.exists() else "")
@@ -315,7 +315,7 @@ CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="retrained det
 
 
 def _source(coco_annotations: Path | None, images: Path | None, voc_root: Path | None, voc_split: str | None):
-    from detnas.configs import DetectionSource
+    from detnas.config.schema import DetectionSource
 
     if voc_root is not None and (coco_annotations is not None or images is not None):
         raise UserError("give either --coco-annotations and --images, or --voc-root, not both")
@@ -341,10 +341,10 @@ def evaluate_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="also write the metrics to this JSON file")] = None,
 ) -> None:
     """COCO box mAP (AP, AP50, AP75, APs, APm, APl) of a retrained detector on a COCO or VOC set."""
+    from detnas.artifacts.inference import evaluate_detector
+    from detnas.artifacts.weights import load_trained_detector
     from detnas.atomic import write_json_atomic
-    from detnas.cocoeval import format_metrics_table
-    from detnas.inference import evaluate_detector
-    from detnas.weights import load_trained_detector
+    from detnas.model.cocoeval import format_metrics_table
 
     source = _source(coco_annotations, images, voc_root, voc_split)
     if batch_size < 1:
@@ -376,7 +376,7 @@ def export_cmd(
     )] = False,
 ) -> None:
     """Export a retrained detector: backbone and detector weights (safetensors), arch.json, optionally ONNX."""
-    from detnas.export import export_model
+    from detnas.artifacts.export import export_model
 
     result = export_model(checkpoint, out, onnx=onnx)
     for name, path in result["files"].items():
@@ -394,7 +394,7 @@ def predict_cmd(
 ) -> None:
     """Detect objects in images with a retrained detector: COCO-format detections.json and the images
     with boxes, class names and scores drawn."""
-    from detnas.predict import DETECTIONS_FILE, run_predict
+    from detnas.artifacts.predict import DETECTIONS_FILE, run_predict
 
     result = run_predict(checkpoint, source, out, score_thresh)
     print(f"{result['detections']} detections (score >= {score_thresh:g}) on {result['images']} images: "

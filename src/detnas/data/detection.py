@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
+from detnas.atomic import write_json_atomic
 from detnas.data.images import load_rgb
 from detnas.data.seeding import sample_generator
 from detnas.data.transforms import DetectionTransform
-from detnas.atomic import write_json_atomic
 from detnas.errors import UserError
 
 log = logging.getLogger("detnas")

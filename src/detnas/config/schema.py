@@ -1,0 +1,365 @@
+"""Every stage's config schema, validated at the door: pretraining, finetuning, search, retraining and
+the whole pipeline (which derives the configs of its stages from its own).
+
+Defaults follow the authors' recipes (SPEC sections 4 and 5) scaled down for small data on a CPU.
+``detector.DetectorConfig`` (the detector's shape) stays beside the model it builds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from detnas.model.amp import AmpSetting
+from detnas.model.detector import DetectorConfig
+from detnas.strict import StrictModel
+
+# DataLoader worker processes per training process; "auto" (the default): from the CPU count, see
+# data.loading.data_workers
+DataWorkers = Annotated[int, Field(ge=0)] | Literal["auto"]
+
+
+class SpaceConfig(StrictModel):
+    space: Literal["small", "large"] = "small"
+    width_mult: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _eval_archs_fit_the_space(self):
+        """Every ``eval.archs`` entry is checked now, not after training when it is first used."""
+        from detnas.model.space import get_space, parse_arch
+
+        archs = getattr(getattr(self, "eval", None), "archs", [])
+        space = get_space(self.space, self.width_mult) if archs else None
+        for i, arch in enumerate(archs):
+            try:
+                parse_arch(arch, space)
+            except ValueError as e:  # ArchError included
+                raise ValueError(f"eval.archs[{i}]: {e}") from None
+        return self
+
+
+class ScheduleConfig(StrictModel):
+    """SGD with linear warmup, then linear decay to 0 or steps of x0.1 at ``milestones``."""
+
+    iters: int = Field(ge=1)
+    batch_size: int = Field(ge=1)  # per worker; at least 2 (see below)
+    lr: float = Field(gt=0)  # for the whole (all workers) batch
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(4e-5, ge=0)  # conv/linear weights only; BN and biases get none
+    warmup_iters: int = Field(0, ge=0)
+    decay: Literal["linear", "step"] = "linear"
+    milestones: list[int] = []  # with decay: step
+    grad_clip: float | None = Field(None, gt=0)
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_norm_needs_two(cls, v: int) -> int:
+        if v < 2:  # BatchNorm in training mode fails on one sample once a feature map is 1x1
+            raise ValueError(f"must be at least 2 (BatchNorm needs 2 or more images per worker), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _milestones_in_range(self):
+        if any(not 0 < m < self.iters for m in self.milestones):
+            raise ValueError(f"milestones must lie strictly between 0 and iters={self.iters}")
+        return self
+
+
+class SamplingConfig(StrictModel):
+    """The range of body FLOPs (MACs at 224x224) that paths are sampled from; none = the whole space."""
+
+    min_flops: float | None = Field(None, gt=0)
+    max_flops: float | None = Field(None, gt=0)
+
+
+class LoggingConfig(StrictModel):
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    progress: bool = True
+
+
+class ClassificationData(StrictModel):
+    train: Path
+    val: Path
+    image_size: int = Field(32, ge=8)
+    flip: bool = False
+    workers: DataWorkers = "auto"
+
+
+class DetectionSource(StrictModel):
+    """A COCO (annotation JSON + image folder) or Pascal VOC (root with Annotations/, JPEGImages/) set."""
+
+    format: Literal["coco", "voc"] = "coco"
+    annotations: Path | None = None  # coco
+    images: Path | None = None  # coco
+    root: Path | None = None  # voc
+    split: str | None = None  # voc: ImageSets/Main/<split>.txt
+
+    @model_validator(mode="after")
+    def _fields_of_the_format(self):
+        need = ("annotations", "images") if self.format == "coco" else ("root",)
+        missing = [k for k in need if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"a {self.format} data source needs {' and '.join(missing)}")
+        return self
+
+
+class HoldoutConfig(StrictModel):
+    """The search split: images carved out of the training set by a seeded draw, never trained on."""
+
+    size: int = Field(0, ge=0)
+    seed: int = 0
+
+
+class DetectionData(StrictModel):
+    train: DetectionSource
+    test: DetectionSource | None = None
+    holdout: HoldoutConfig = HoldoutConfig()
+    flip: bool = True
+    workers: DataWorkers = "auto"
+
+
+class RecalibConfig(StrictModel):
+    """How a path of a supernet is scored: its BN statistics recomputed on training images first."""
+
+    recalib_images: int = Field(256, ge=0)  # training images used to recompute a path's BN statistics
+    recalib_mode: Literal["cumulative", "ema"] = "cumulative"
+    batch_size: int = Field(16, ge=1)
+    # decoded images (recalibration and evaluation sets together) kept in memory up to this many GB;
+    # the rest are decoded again for every path. Does not change any result.
+    cache_gb: float = Field(2.0, ge=0)
+
+
+class EvalConfig(RecalibConfig):
+    """The end-of-training evaluation of fixed paths."""
+
+    archs: list[str] = []  # fixed paths to evaluate at the end (default: all-0 and all-3 and one random)
+
+
+class FitnessConfig(RecalibConfig):
+    """The search's fitness of a candidate: recalibrated, then scored on the search split."""
+
+    recalib_images: int = Field(256, ge=1)  # authors: 500 iterations x 8 images
+
+
+class PretrainRecipe(StrictModel):
+    """How a backbone is pretrained on classification data (supernet or standalone network)."""
+
+    train: ScheduleConfig
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    # supernet only: train the ShuffleNetV2 path (choice 0 everywhere) alone for this many steps, then
+    # grow the other choices out of it (supernet_growth.py) and train path-wise; 0 = path-wise from
+    # the start, the authors' recipe
+    grow_iters: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _grow_before_the_end(self):
+        if self.grow_iters >= self.train.iters:
+            raise ValueError(f"grow_iters ({self.grow_iters}) must be smaller than train.iters ({self.train.iters})")
+        return self
+
+
+class ClassificationRecipe(PretrainRecipe):
+    """A pretraining recipe with its data."""
+
+    data: ClassificationData
+
+
+class PretrainConfig(SpaceConfig, ClassificationRecipe):
+    seed: int = 0
+    amp: AmpSetting = "auto"  # mixed precision: auto (bf16 on GPUs that have it, else off), off, bf16, fp16
+    sampling: SamplingConfig = SamplingConfig()
+    logging: LoggingConfig = LoggingConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+class FinetuneConfig(SpaceConfig):
+    seed: int = 0
+    amp: AmpSetting = "auto"
+    init: Path | None = None  # a pretraining checkpoint (its backbone weights); none = from scratch
+    data: DetectionData
+    detector: DetectorConfig = DetectorConfig()
+    train: ScheduleConfig
+    sampling: SamplingConfig = SamplingConfig()
+    logging: LoggingConfig = LoggingConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+class RetrainConfig(FinetuneConfig):
+    """Retraining a fixed architecture: the same detector recipe, after classification pretraining
+    of the standalone network as in the paper (``pretrain``; omit it, or pass --no-pretrain, to train
+    the detector from scratch)."""
+
+    pretrain: ClassificationRecipe | None = None
+
+    @field_validator("pretrain")
+    @classmethod
+    def _nothing_to_grow(cls, v: ClassificationRecipe | None) -> ClassificationRecipe | None:
+        if v is not None and v.grow_iters:
+            raise ValueError("grow_iters grows a supernet's choices: a retrained network has none")
+        return v
+
+    @field_validator("sampling")
+    @classmethod
+    def _no_sampling(cls, v: SamplingConfig) -> SamplingConfig:
+        if v.min_flops is not None or v.max_flops is not None:
+            raise ValueError("a retrained network has one fixed architecture: no sampling range")
+        return v
+
+    def pretrain_config(self) -> PretrainConfig:
+        """The standalone network's classification pretraining, as a stage config of its own."""
+        return PretrainConfig(
+            space=self.space, width_mult=self.width_mult, seed=self.seed, amp=self.amp, logging=self.logging,
+            eval=self.eval, **dict(self.pretrain),
+        )
+
+
+class SearchConfig(StrictModel):
+    """Search hyper-parameters; defaults are the authors' (SPEC section 4)."""
+
+    # pareto: NSGA-II selection of the parents over (mAP up, FLOPs or latency down), see pareto.py
+    strategy: Literal["evolution", "random", "pareto"] = "evolution"
+    population: int = Field(50, ge=1)
+    generations: int = Field(20, ge=1)
+    topk: int = Field(10, ge=1)
+    mutations: int = Field(20, ge=0)
+    mutation_prob: float = Field(0.1, ge=0.0, le=1.0)
+    crossovers: int = Field(20, ge=0)
+    max_flops: float | None = Field(None, gt=0, allow_inf_nan=False, description="body MACs, e.g. 300e6")
+    min_flops: float | None = Field(None, ge=0, allow_inf_nan=False, description="body MACs")
+    max_params: int | None = Field(None, gt=0, description="body parameters")
+    # a table written by `detnas latency`: records get the predicted latency, and with max_latency_ms
+    # it is a constraint; the Pareto strategy then trades mAP against latency instead of FLOPs
+    latency_table: Path | None = None
+    max_latency_ms: float | None = Field(None, gt=0, allow_inf_nan=False, description="predicted latency")
+    seed: int = 0
+    max_tries: int = Field(100, ge=1, description="redraws per candidate slot")
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> SearchConfig:
+        if self.topk > self.population:
+            raise ValueError(f"topk ({self.topk}) must not exceed population ({self.population})")
+        if self.mutations + self.crossovers > self.population:
+            raise ValueError(
+                f"mutations + crossovers ({self.mutations} + {self.crossovers}) must not exceed "
+                f"population ({self.population})"
+            )
+        if self.max_latency_ms is not None and self.latency_table is None:
+            raise ValueError("max_latency_ms needs latency_table (measure one with `detnas latency`)")
+        if self.min_flops is not None and self.max_flops is not None and self.min_flops > self.max_flops:
+            raise ValueError(
+                f"min_flops ({self.min_flops:g}) must not exceed max_flops ({self.max_flops:g})"
+            )
+        return self
+
+    @property
+    def budget(self) -> int:
+        """Number of evaluations of a full run (fewer only if the constrained space runs out)."""
+        return self.population * self.generations
+
+
+class SearchStageConfig(StrictModel):
+    supernet: Path  # the finetuning run folder (checkpoint.pt and search_split.json)
+    search: SearchConfig = SearchConfig()
+    fitness: FitnessConfig = FitnessConfig()
+    workers: DataWorkers = "auto"  # DataLoader workers decoding the recalibration and search images
+    amp: AmpSetting = "auto"  # of recalibration and inference
+    progress: bool = True
+
+
+class RetrainRecipe(StrictModel):
+    pretrain: ScheduleConfig | None = None  # classification pretraining of each retrained network
+    train: ScheduleConfig  # its detector training
+    # each network is retrained with seeds seed, seed + 1, ...: the report compares the searched
+    # network with the baseline against this seed spread
+    seeds: int = Field(1, ge=1)
+
+
+class RankCheckRecipe(StrictModel):
+    """How many architectures the rank check retrains, and how its agreement is summarised."""
+
+    archs: int = Field(12, ge=3)  # in all: the included ones (searched, random best, baseline) and draws
+    seeds: int = Field(2, ge=1)  # standalone trainings per architecture; 2 gives the seed-noise ceiling
+    topk: int = Field(3, ge=1)  # the hit rate: how many of the fitness's k best are among the k truly best
+    bootstrap: int = Field(2000, ge=100)  # resamples of the architectures for tau's confidence interval
+
+
+class RankCheckStageConfig(StrictModel):
+    """``detnas rank-check``: a finetuned supernet, its fitness, the budget to draw architectures under
+    (the search's), and the retraining recipe they are trained alone with."""
+
+    supernet: Path  # the finetuning run folder
+    fitness: FitnessConfig = FitnessConfig()
+    search: SearchConfig = SearchConfig()  # its budget (FLOPs, params) and seed
+    retrain: RetrainConfig
+    rank_check: RankCheckRecipe = RankCheckRecipe()
+    include: list[str] = []  # architectures checked first (digits, presets, a search's best.json)
+
+
+class PipelineConfig(SpaceConfig):
+    seed: int = 0
+    amp: AmpSetting = "auto"  # every stage's
+    classification: ClassificationData | None = None  # none: supernet without pretraining (DetNAS-scratch)
+    detection: DetectionData
+    detector: DetectorConfig = DetectorConfig()
+    pretrain: PretrainRecipe | None = None
+    finetune: ScheduleConfig
+    sampling: SamplingConfig = SamplingConfig()
+    search: SearchConfig = SearchConfig()
+    fitness: FitnessConfig = FitnessConfig()
+    random_search: bool = True  # the same budget drawn uniformly, for comparison
+    retrain: RetrainRecipe
+    baseline: bool = True  # retrain ShuffleNetV2 (all choices 0) of the same space too
+    # does the fitness rank like standalone training? (``detnas rank-check``; none = not run)
+    rank_check: RankCheckRecipe | None = None
+    eval: EvalConfig = EvalConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _search_needs_a_split(self):
+        if self.detection.holdout.size < 1:
+            raise ValueError("detection.holdout.size must be at least 1: the search is scored on images held "
+                             "out of training (the paper: 5000 of COCO trainval35k)")
+        if self.search.strategy != "evolution":  # the pipeline runs the evolution (and random search) itself
+            raise ValueError(f"search.strategy: the pipeline runs the evolution (and random search with "
+                             f"random_search: true), not '{self.search.strategy}'; run `detnas search` with "
+                             "this strategy on the pipeline's finetune folder")
+        return self
+
+    def common(self) -> dict:
+        return {"space": self.space, "width_mult": self.width_mult, "seed": self.seed, "amp": self.amp,
+                "logging": self.logging}
+
+    def pretrain_config(self) -> PretrainConfig | None:
+        if self.pretrain is None or self.classification is None:
+            return None
+        return PretrainConfig(**self.common(), data=self.classification, sampling=self.sampling, eval=self.eval,
+                              **dict(self.pretrain))
+
+    def finetune_config(self, init: Path | None) -> FinetuneConfig:
+        return FinetuneConfig(**self.common(), init=init, data=self.detection, detector=self.detector,
+                              train=self.finetune, sampling=self.sampling, eval=self.eval)
+
+    def search_config(self, finetune_dir: Path, strategy: str) -> SearchStageConfig:
+        return SearchStageConfig(
+            supernet=finetune_dir, search=self.search.model_copy(update={"strategy": strategy}),
+            fitness=self.fitness, workers=self.detection.workers, amp=self.amp, progress=self.logging.progress,
+        )
+
+    def retrain_config(self) -> RetrainConfig:
+        pretrain = None
+        if self.retrain.pretrain is not None and self.classification is not None:
+            # a standalone network has no choices to grow
+            recipe = self.pretrain.model_dump(exclude={"grow_iters"}) if self.pretrain is not None else {}
+            pretrain = {**recipe, "data": self.classification, "train": self.retrain.pretrain}
+        data = self.detection.model_copy(update={"holdout": self.detection.holdout.model_copy(update={"size": 0})})
+        return RetrainConfig(**self.common(), data=data, detector=self.detector, train=self.retrain.train,
+                             eval=self.eval, pretrain=pretrain)
+
+    def rank_check_config(self, finetune_dir: Path, include: list[str]) -> RankCheckStageConfig:
+        return RankCheckStageConfig(supernet=finetune_dir, fitness=self.fitness, search=self.search,
+                                    retrain=self.retrain_config(), rank_check=self.rank_check or RankCheckRecipe(),
+                                    include=include)

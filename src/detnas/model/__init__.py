@@ -1,0 +1,1 @@
+"""What is searched and trained: the search space, the choice blocks, the supernet, the detector around it, their costs, mixed precision and the scoring of one path. Imports only the base modules and data/."""

@@ -1,0 +1,69 @@
+"""The four choice blocks of the DetNAS search space (SPEC section 2), stride 1 and stride 2.
+
+Built from torchvision's ``Conv2dNormActivation`` (conv without bias + BN [+ ReLU]).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.ops.misc import Conv2dNormActivation
+
+from detnas.model.space import CHOICE_KERNELS
+
+
+def conv_bn(in_c: int, out_c: int, kernel: int = 1, stride: int = 1, relu: bool = True) -> nn.Sequential:
+    """A dense conv + BN (+ ReLU)."""
+    return Conv2dNormActivation(in_c, out_c, kernel, stride, activation_layer=nn.ReLU if relu else None)
+
+
+def dw_bn(channels: int, kernel: int, stride: int = 1) -> nn.Sequential:
+    """A depthwise conv + BN, no activation (as in ShuffleNetV2)."""
+    return Conv2dNormActivation(channels, channels, kernel, stride, groups=channels, activation_layer=None)
+
+
+def shuffle_branch(in_c: int, mid: int, out_c: int, kernel: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(conv_bn(in_c, mid), dw_bn(mid, kernel, stride), conv_bn(mid, out_c))
+
+
+def xception_branch(in_c: int, mid: int, out_c: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        dw_bn(in_c, 3, stride), conv_bn(in_c, mid),
+        dw_bn(mid, 3), conv_bn(mid, mid),
+        dw_bn(mid, 3), conv_bn(mid, out_c),
+    )
+
+
+def channel_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel shuffle of the stride-1 block: (even channels, odd channels)."""
+    return x[:, 0::2], x[:, 1::2]
+
+
+class ChoiceBlock(nn.Module):
+    """One ShuffleNetV2 unit with the branch of ``choice`` (0-2: kernel 3/5/7, 3: Xception).
+
+    Stride 1: input C is split into halves; output = cat(x_proj, branch(x)), branch C/2 -> C/2.
+    Stride 2: both branches see the whole input; output = cat(proj(x), branch(x)), branch
+    outputs ``out_c - in_c`` channels so that the concatenation has ``out_c``.
+    """
+
+    def __init__(self, choice: int, in_c: int, out_c: int, stride: int):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        self.choice, self.stride = choice, stride
+        kernel = CHOICE_KERNELS[choice]
+        mid = out_c // 2
+        branch_in = in_c // 2 if stride == 1 else in_c
+        branch_out = out_c - branch_in
+        if choice == 3:
+            self.branch = xception_branch(branch_in, mid, branch_out, stride)
+        else:
+            self.branch = shuffle_branch(branch_in, mid, branch_out, kernel, stride)
+        self.proj = nn.Sequential(dw_bn(in_c, kernel, stride), conv_bn(in_c, in_c)) if stride == 2 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.proj is None:
+            x_proj, x = channel_split(x)
+            return torch.cat((x_proj, self.branch(x)), 1)
+        return torch.cat((self.proj(x), self.branch(x)), 1)

@@ -1,0 +1,223 @@
+"""``report.md`` of a pipeline run: every number is read from the files the stages wrote."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from detnas.atomic import write_text_atomic
+from detnas.config.runs import (
+    BEST_FILE,
+    CHECKPOINT,
+    FINETUNE_DIR,
+    GALLERY_DIR,
+    HISTORY_FILE,
+    METRICS_FILE,
+    PARETO_PNG,
+    PRETRAIN_DIR,
+    PROGRESS_PNG,
+    RANK_CHECK_DIR,
+    RANK_CHECK_FILE,
+    REPORT_FILE,
+    RESULT_FILE,
+    RETRAIN_DETECTOR_DIR,
+    SEARCH_DIRS,
+    retrain_dir,
+)
+from detnas.search.fitness_check import NEAR_ZERO_MAP, read_warnings
+
+GALLERY_IMAGES = 3  # test images shown with the searched and the baseline detections
+GALLERY_SCORE = 0.3  # the gallery draws detections scoring at least this
+NAMES = {"searched": "DetNAS (evolution)", "random": "random search best", "baseline": "ShuffleNetV2 baseline"}
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None or v < 0 else f"{100 * v:.1f}"
+
+
+def _search_map(out: Path, arch: str) -> float | None:
+    """The architecture's fitness (search-split mAP on the supernet) if a search evaluated it."""
+    for folder in SEARCH_DIRS.values():
+        path = out / folder / HISTORY_FILE
+        if path.exists():
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                if record["arch"] == arch:
+                    return record["map"]
+    return None
+
+
+def _supernet(out: Path) -> tuple[list[str], list[str]]:
+    """The supernet's own numbers (pretraining top-1, finetuning AP per evaluated path) as report lines,
+    and the warnings they call for: a supernet that did not learn makes every later number meaningless."""
+    lines, warnings = [], []
+    pre = _read(out / PRETRAIN_DIR / METRICS_FILE)
+    ft = _read(out / FINETUNE_DIR / METRICS_FILE)
+    if pre is None and ft is None:
+        return lines, warnings
+    lines += ["## Supernet", "", "Each evaluated path of the supernet, after BN recalibration (in %).", "",
+              "| path | pretraining top-1 | finetuning AP | AP50 |", "|---|---:|---:|---:|"]
+    top1 = (pre or {}).get("top1", {})
+    maps = (ft or {}).get("map", {})
+    for arch in dict.fromkeys([*top1, *maps]):
+        m = maps.get(arch, {})
+        lines.append(f"| `{arch}` | {_pct(top1.get(arch))} | {_pct(m.get('AP'))} | {_pct(m.get('AP50'))} |")
+    lines.append("")
+    chance = (pre or {}).get("chance")
+    best_top1 = max(top1.values(), default=None)
+    if chance is not None and best_top1 is not None and best_top1 < 2 * chance:
+        warnings.append(f"supernet pretraining is near chance (best path {_pct(best_top1)}% top-1, "
+                        f"chance {_pct(chance)}%): the paths did not learn")
+    best_ap = max((m["AP"] for m in maps.values()), default=None)
+    if best_ap is not None and best_ap < NEAR_ZERO_MAP:
+        warnings.append(f"the finetuned supernet barely detects (best evaluated path {_pct(best_ap)} AP on the "
+                        f"{ft.get('split', 'search')} split)")
+    return lines, warnings
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def seed_verdict(searched: list[float], baseline: list[float]) -> str:
+    """Does the searched network beat the baseline by more than the seed spread? In words, AP in %."""
+    if len(searched) < 2 or len(baseline) < 2:
+        return ("With one seed per network, the difference cannot be told from seed noise: set "
+                "`retrain.seeds` to 2 or more.")
+    (m_s, sd_s), (m_b, sd_b) = _mean_std(searched), _mean_std(baseline)
+    spread = max(sd_s, sd_b)
+    diff = m_s - m_b
+    if diff > spread:
+        return (f"The searched network beats the ShuffleNetV2 baseline by {100 * diff:.2f} AP, more than the seed "
+                f"spread ({100 * spread:.2f} AP, the larger standard deviation over {min(len(searched), len(baseline))}"
+                " seeds).")
+    return (f"The searched network does not beat the ShuffleNetV2 baseline by more than the seed spread: "
+            f"{100 * diff:+.2f} AP against a spread of {100 * spread:.2f} AP (the larger standard deviation over "
+            f"{min(len(searched), len(baseline))} seeds).")
+
+
+def _retrained(out: Path, seeds: int) -> list[str]:
+    """The retrained networks' test AP as mean +- standard deviation over seeds, and the verdict."""
+    lines = [
+        "## Retrained architectures (test split)", "",
+        "| model | architecture | body FLOPs | body params | search mAP | test AP (mean ± std) | AP50 | AP75 "
+        "| seeds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    aps = {}
+    for name, label in NAMES.items():
+        results = [r for r in (_read(retrain_dir(out, name, k) / RESULT_FILE) for k in range(seeds)) if r is not None]
+        if not results:
+            continue
+        first = results[0]
+        test = {key: [r["test"][key] for r in results] for key in ("AP", "AP50", "AP75")}
+        aps[name] = test["AP"]
+        mean, std = _mean_std(test["AP"])
+        lines.append(
+            f"| {label} | `{first['arch']}` | {first['body_flops'] / 1e6:.1f}M | {first['body_params'] / 1e6:.2f}M "
+            f"| {_pct(_search_map(out, first['arch']))} | {_pct(mean)} ± {_pct(std)} "
+            f"| {_pct(statistics.fmean(test['AP50']))} | {_pct(statistics.fmean(test['AP75']))} | {len(results)} |"
+        )
+    lines += ["", "Search mAP is the path's mAP on the held-out search split with supernet weights after BN "
+              "recalibration; test AP is after retraining the standalone network (seeds: its number of "
+              "retrainings with different seeds).", ""]
+    if "searched" in aps and "baseline" in aps:
+        lines += [f"**{seed_verdict(aps['searched'], aps['baseline'])}**", ""]
+    return lines
+
+
+def gallery(out: Path, test_source) -> list[str]:
+    """The first test images with the searched and the baseline detectors' detections side by side (the
+    drawn images go to ``gallery/``), as report lines; none when a retrained detector is missing."""
+    from detnas.artifacts.predict import detect, draw
+    from detnas.artifacts.weights import load_trained_detector
+    from detnas.data.sources import load_detection
+
+    names = ("searched", "baseline")
+    checkpoints = [retrain_dir(out, name, 0) / RETRAIN_DETECTOR_DIR / CHECKPOINT for name in names]
+    if test_source is None or not all(c.exists() for c in checkpoints):
+        return []
+    paths = [r.path for r in load_detection(test_source).records[:GALLERY_IMAGES]]
+    (out / GALLERY_DIR).mkdir(exist_ok=True)
+    cells = {path: [] for path in paths}
+    for name, checkpoint in zip(names, checkpoints):
+        detector, info = load_trained_detector(checkpoint)
+        for k, path in enumerate(paths):
+            image, found = detect(detector, info, path, GALLERY_SCORE)
+            target = f"{GALLERY_DIR}/{name}-{k}.png"
+            draw(image, found, info["classes"]).save(out / target)
+            cells[path].append(f"![{name}: {len(found['scores'])} detections]({target})")
+    lines = ["## Detections on test images", "",
+             f"Seed-0 retrained detectors, detections scoring at least {GALLERY_SCORE:g}.", "",
+             f"| image | {NAMES['searched']} | {NAMES['baseline']} |", "|---|---|---|"]
+    lines += [f"| {path.name} | {' | '.join(row)} |" for path, row in cells.items()]
+    return lines + [""]
+
+
+def _rank_check(out: Path) -> list[str]:
+    """The rank check's agreement (tau with its interval, the seed-noise ceiling) and its table."""
+    summary = _read(out / RANK_CHECK_DIR / RANK_CHECK_FILE)
+    if summary is None:
+        return []
+    agree, ceiling = summary["fitness_vs_standalone"], summary["noise_ceiling"]
+    lo, hi = agree["kendall_tau_ci95"]
+    text = (f"Over {len(summary['archs'])} architectures, the search's fitness ranks them against their "
+            f"standalone test mAP with Kendall tau {agree['kendall_tau']:.2f} (95% bootstrap interval {lo:.2f} "
+            f"to {hi:.2f}), Spearman rho {agree['spearman_rho']:.2f}; {agree['topk_hit_rate'] * agree['topk']:.0f} "
+            f"of its top {agree['topk']} are among the standalone top {agree['topk']}.")
+    if ceiling is not None:
+        text += (f" Two seeds of standalone training agree with each other at tau {ceiling['kendall_tau']:.2f}: "
+                 "no fitness can rank better than that.")
+    if "verdict" in summary:  # rank checks written before the verdict existed have none
+        text += f" In words: {summary['verdict']}."
+    lines = ["## Rank check: does the supernet rank like standalone training?", "", text, "",
+             "| architecture | supernet AP | standalone AP (seed mean) | per seed |", "|---|---:|---:|---|"]
+    for r in sorted(summary["archs"], key=lambda r: -r["supernet_map"]):
+        mark = " (included)" if r["arch"] in summary.get("included", []) else ""
+        seeds = " / ".join(_pct(v) for v in r["standalone_maps"])
+        lines.append(f"| `{r['arch']}`{mark} | {_pct(r['supernet_map'])} | {_pct(r['standalone_map'])} | {seeds} |")
+    return lines + ["", "![supernet mAP against standalone mAP](rank_check/rank_check.png)", ""]
+
+
+def write_report(out: Path, seconds: dict[str, float], cfg) -> Path:
+    out = Path(out)
+    lines = [
+        "# DetNAS run report", "",
+        f"Space: {cfg.space} (width x{cfg.width_mult:g}), detector: {cfg.detector.kind}, seed {cfg.seed}. "
+        f"Search: {cfg.search.population} x {cfg.search.generations} candidates, body FLOPs budget "
+        f"{'none' if cfg.search.max_flops is None else f'{cfg.search.max_flops / 1e6:.0f}M'} (MACs at 224x224). "
+        "AP and top-1 are in %.", "",
+    ]
+    supernet_lines, warnings = _supernet(out)
+    for strategy, label in (("evolution", "search (evolution)"), ("random", "random search")):
+        warnings += [f"{label}: {w}" for w in read_warnings(out / SEARCH_DIRS[strategy])]
+    if warnings:
+        lines += ["## Warnings", "", "**The search result below should not be trusted:**", ""]
+        lines += [f"- {w}" for w in warnings] + [""]
+    lines += _retrained(out, cfg.retrain.seeds)
+    lines += gallery(out, cfg.detection.test)
+    lines += supernet_lines
+    search = SEARCH_DIRS["evolution"]
+    best = _read(out / search / BEST_FILE)
+    history = out / search / HISTORY_FILE
+    if best is not None and history.exists():
+        n = sum(1 for _ in history.read_text().splitlines())
+        lines += [
+            "## Search", "",
+            f"{n} architectures evaluated; best `{best['arch']}` with search mAP {_pct(best['map'])} "
+            f"at {best['flops'] / 1e6:.1f}M body FLOPs.", "",
+            f"![best and mean top-k mAP per generation]({search}/{PROGRESS_PNG})", "",
+            f"![mAP against FLOPs, Pareto front marked]({search}/{PARETO_PNG})", "",
+        ]
+    lines += _rank_check(out)
+    lines += ["## Time per stage", "", "| stage | minutes |", "|---|---:|"]
+    lines += [f"| {stage} | {s / 60:.1f} |" for stage, s in seconds.items()]
+    lines += [f"| total | {sum(seconds.values()) / 60:.1f} |", ""]
+    path = out / REPORT_FILE
+    write_text_atomic(path, "\n".join(lines))
+    return path

@@ -1,0 +1,1 @@
+"""Measurement tools behind their own commands (latency tables)."""
