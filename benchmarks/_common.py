@@ -15,7 +15,7 @@ import torch
 
 from detnas.config.runs import CHECKPOINT, FINETUNE
 from detnas.config.schema import FinetuneConfig, PipelineConfig
-from detnas.data.demo import DemoPaths, build_demo_data
+from detnas.data.demo import DemoPaths
 from detnas.data.sources import load_detection
 from detnas.data.transforms import DetectionTransform
 from detnas.model.space import get_space

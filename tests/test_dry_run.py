@@ -10,7 +10,6 @@ training set) is the run's own one-line error.
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from cli_checks import one_line_error
 from data_builders import make_standard_layouts

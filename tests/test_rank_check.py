@@ -6,7 +6,6 @@ networks, and the CLI refuses to overwrite a run."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from detnas.artifacts.weights import load_trained_detector
 from detnas.errors import UserError
 
 

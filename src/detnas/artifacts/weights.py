@@ -18,9 +18,10 @@ from pydantic import ValidationError
 from torch import nn
 
 from detnas.checkpoint import load_checkpoint
-from detnas.config.runs import CLASSIFICATION_STAGES, FINETUNE, RETRAIN, RETRAIN_PRETRAIN, SUPERNET_STAGES
+from detnas.config.runs import CLASSIFICATION_STAGES, FINETUNE, PRETRAIN, RETRAIN, RETRAIN_PRETRAIN
 from detnas.digest import content_sha256
 from detnas.errors import UserError, read_json
+from detnas.model.space import Arch, ArchError, SearchSpace, arch_to_str, get_space, parse_arch, resolve_arch
 from detnas.strict import describe_error
 
 BACKBONE_FILE = "backbone.safetensors"
@@ -63,7 +64,6 @@ def load_trained_detector(path: str | Path, purpose: str = "use") -> tuple[nn.Mo
     1..K), ``detector`` (the ``DetectorConfig`` as a dict), ``kind`` and ``step``.
     """
     from detnas.model.detector import DetectorConfig, build_detector
-    from detnas.model.space import ArchError, arch_to_str, get_space, parse_arch
     from detnas.model.supernet import ShuffleNetBackbone
 
     data = read_retrained(path, purpose)
@@ -129,41 +129,109 @@ def _read_arch_json(path: Path) -> dict:
     return data
 
 
-WEIGHT_STAGES = (RETRAIN, RETRAIN_PRETRAIN, *SUPERNET_STAGES)
+def _names_export(arch) -> bool:
+    """Whether ``backbone``'s ``arch`` is the path of an export's ``arch.json`` (not an architecture)."""
+    return isinstance(arch, Path) or (isinstance(arch, str) and (arch.endswith(".json") or os.sep in arch))
 
 
-def _read_weights(path: Path, arch, space_meta: dict) -> tuple[dict, bool]:
+def _resolve(arch: str | list[int], space: str | None, width_mult: float | None) -> tuple[Arch, SearchSpace]:
+    """(arch, search space) of a digit string, JSON list or preset name, by ``resolve_arch``."""
+    try:
+        return resolve_arch(arch, space, None if width_mult is None else float(width_mult))
+    except ValueError as e:  # ArchError included
+        raise UserError(str(e)) from None
+
+
+def _read_export(source: Path, given: dict) -> tuple[Arch, SearchSpace, dict, Path]:
+    """What the export's ``arch.json`` at ``source`` says: (arch, search space, its ``kind`` and
+    ``fpn_channels``, the weights file beside it). ``given``: the caller's ``space``, ``width_mult``,
+    ``kind`` and ``fpn_channels``; one that contradicts the export is an error."""
+    meta = _read_arch_json(source)
+    for name, value in given.items():
+        stored = meta.get(name)
+        if value is not None and stored is not None and value != stored:
+            raise UserError(f"{name}={value!r} was given but the export has {name}={stored!r}", source)
+    width_mult = meta.get("width_mult")
+    try:
+        search_space = get_space(meta["space"], 1.0 if width_mult is None else float(width_mult))
+        values = parse_arch(meta["arch"], search_space)
+    except (TypeError, ValueError) as e:  # ArchError included
+        raise UserError(str(e), source) from None
+    head = {"kind": meta.get("kind", "fpn"), "fpn_channels": meta.get("fpn_channels")}
+    return values, search_space, head, source.parent / meta.get("files", {}).get("backbone", BACKBONE_FILE)
+
+
+def _detector_backbone(state: dict) -> dict:
+    """The ``BackboneWithFPN`` part (``body.*``, ``fpn.*``) of a whole detector's state; a backbone's as is."""
+    if not any(k.startswith("body.") for k in state) and any(k.startswith("backbone.body.") for k in state):
+        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    return state
+
+
+def _classifier_body(state: dict) -> dict:
+    """A classification network's state as a ``BackboneWithFPN`` body: its classifier head dropped."""
+    return {f"body.{k}": v for k, v in state.items() if not k.startswith("head.")}
+
+
+def _check_arch(data: dict, path: Path, arch: Arch) -> None:
+    """A standalone network's checkpoint must be of ``arch`` (when it says which it is)."""
+    if data.get("arch") not in (None, arch_to_str(arch)):
+        raise UserError(f"checkpoint is for architecture {data.get('arch')}, not {arch_to_str(arch)}", path)
+
+
+def _exported_weights(path: Path) -> tuple[dict, bool]:
+    """An export's ``backbone.safetensors`` or ``detector.safetensors``."""
+    return _detector_backbone(load_safetensors(path)), False
+
+
+def _retrained_weights(data: dict, path: Path, arch: Arch) -> tuple[dict, bool]:
+    """A ``retrain`` checkpoint: a standalone detector of ``arch``."""
+    _check_arch(data, path, arch)
+    return _detector_backbone(data["model"]), False
+
+
+def _retrain_pretrain_weights(data: dict, path: Path, arch: Arch) -> tuple[dict, bool]:
+    """A ``retrain-pretrain`` checkpoint: a standalone classification network of ``arch``, body only."""
+    _check_arch(data, path, arch)
+    return _classifier_body(data["model"]), True
+
+
+def _supernet_weights(data: dict, path: Path, arch: Arch) -> tuple[dict, bool]:
+    """A ``pretrain`` (classification, body only) or ``finetune`` (detector) supernet checkpoint: the
+    choices on ``arch``'s path."""
+    from detnas.model.supernet import path_state
+
+    body_only = data["stage"] in CLASSIFICATION_STAGES
+    state = _classifier_body(data["model"]) if body_only else _detector_backbone(data["model"])
+    return path_state(state, arch, prefix="body."), body_only
+
+
+_CHECKPOINT_READERS = {
+    RETRAIN: _retrained_weights,
+    RETRAIN_PRETRAIN: _retrain_pretrain_weights,
+    PRETRAIN: _supernet_weights,
+    FINETUNE: _supernet_weights,
+}
+WEIGHT_STAGES = tuple(_CHECKPOINT_READERS)
+
+
+def _read_weights(path: Path, arch: Arch, search_space: SearchSpace) -> tuple[dict, bool]:
     """The state of ``arch``'s ``BackboneWithFPN`` held by ``path`` (keys ``body.*``, ``fpn.*``), and
     whether it holds the body only (a classification network: the FPN keeps its fresh initialisation).
 
     ``path``: an exported ``backbone.safetensors`` or ``detector.safetensors``, or one of our
-    checkpoints: a retrained detector, a retrain-pretraining network, or a supernet (pretrain or
-    finetune), whose weights on ``arch``'s path are taken.
+    checkpoints (of ``search_space``): a retrained detector, a retrain-pretraining network, or a
+    supernet (pretrain or finetune), whose weights on ``arch``'s path are taken.
     """
-    from detnas.model.space import arch_to_str
-    from detnas.model.supernet import supernet_key_to_subnet
-
     if not path.is_file():
         raise UserError("weights file not found", path)
-    stage = None
     if path.suffix == ".safetensors":
-        state = load_safetensors(path)
-    else:
-        data = load_checkpoint(path, WEIGHT_STAGES, space_meta)
-        stage, state = data["stage"], data.get("model")
-        if not isinstance(state, dict):
-            raise UserError("checkpoint has no model weights", path)
-        if stage in (RETRAIN, RETRAIN_PRETRAIN) and data.get("arch") not in (None, arch_to_str(arch)):
-            raise UserError(f"checkpoint is for architecture {data.get('arch')}, not {arch_to_str(arch)}", path)
-    body_only = stage in CLASSIFICATION_STAGES
-    if body_only:  # a classification network: its body, without the classifier head
-        state = {f"body.{k}": v for k, v in state.items() if not k.startswith("head.")}
-    elif not any(k.startswith("body.") for k in state) and any(k.startswith("backbone.body.") for k in state):
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}  # a whole detector
-    if stage in SUPERNET_STAGES:  # a supernet: the choices on this path
-        mapped = ((supernet_key_to_subnet(k, arch, prefix="body."), v) for k, v in state.items())
-        state = {k: v for k, v in mapped if k is not None}
-    return state, body_only
+        return _exported_weights(path)
+    space_meta = {"space": search_space.name, "width_mult": search_space.width_mult}
+    data = load_checkpoint(path, WEIGHT_STAGES, space_meta)
+    if not isinstance(data.get("model"), dict):
+        raise UserError("checkpoint has no model weights", path)
+    return _CHECKPOINT_READERS[data["stage"]](data, path, arch)
 
 
 def _load_state(module: nn.Module, state: dict, weights: Path, body_only: bool = False) -> None:
@@ -237,37 +305,21 @@ def backbone(
     ``nn.BatchNorm2d``: with small per-GPU batches, freeze them or convert them to SyncBatchNorm.
     """
     from detnas.model.detector import BackboneWithFPN
-    from detnas.model.space import resolve_arch
     from detnas.model.supernet import ShuffleNetBackbone
 
-    source: Path | None = None
-    text = arch if isinstance(arch, (str, Path)) else None
-    if isinstance(arch, Path) or (isinstance(arch, str) and (arch.endswith(".json") or os.sep in arch)):
-        source = Path(arch)
-        meta = _read_arch_json(source)
-        given_args = {"space": space, "width_mult": width_mult, "kind": kind, "fpn_channels": fpn_channels}
-        for name, given in given_args.items():
-            stored = meta.get(name)
-            if given is not None and stored is not None and given != stored:
-                raise UserError(f"{name}={given!r} was given but the export has {name}={stored!r}", source)
-        text, space, width_mult = meta["arch"], meta["space"], meta.get("width_mult", 1.0)
-        kind, fpn_channels = meta.get("kind", "fpn"), meta.get("fpn_channels")
-        if weights is None:
-            weights = source.parent / meta.get("files", {}).get("backbone", BACKBONE_FILE)
-    if weights is False:
-        weights = None
-    elif weights is True:
+    if weights is True:
         raise UserError("weights=True is ambiguous: give the path of a weights file")
-    weights = None if weights is None else Path(weights)
-    try:
-        values, search_space = resolve_arch(text if text is not None else arch, space,
-                                             None if width_mult is None else float(width_mult))
-    except ValueError as e:  # ArchError included
-        raise UserError(str(e), source) from None
-    state, body_only = None, False
-    if weights is not None:
-        space_meta = {"space": search_space.name, "width_mult": search_space.width_mult}
-        state, body_only = _read_weights(weights, values, space_meta)
+    source = Path(arch) if _names_export(arch) else None
+    if source is not None:
+        given = {"space": space, "width_mult": width_mult, "kind": kind, "fpn_channels": fpn_channels}
+        values, search_space, head, beside = _read_export(source, given)
+        kind, fpn_channels = head["kind"], head["fpn_channels"]
+        weights = beside if weights is None else weights
+    else:
+        values, search_space = _resolve(arch, space, width_mult)
+    weights = None if weights is None or weights is False else Path(weights)
+    state, body_only = (None, False) if weights is None else _read_weights(weights, values, search_space)
+    if state is not None:  # kind and FPN width unset: those of the weights
         stored_kind, stored_channels = _fpn_shape(state)
         kind, fpn_channels = kind or stored_kind, fpn_channels or stored_channels
     kind = kind or "fpn"

@@ -37,6 +37,7 @@ RANK_PLAN_FILE = "rank_plan.json"  # the architectures checked
 RANK_SCORES_FILE = "rank_scores.json"  # their supernet fitness, with what it was computed from
 RANK_CHECK_PNG = "rank_check.png"
 RANK_CHECK_FILE = "rank_check.json"  # written last
+RANK_NETS_DIR = "nets"  # the retrainings: <arch>/seed<k>/ each
 # pipeline
 PIPELINE_FILE = "pipeline.json"
 REPORT_FILE = "report.md"
@@ -71,6 +72,11 @@ def retrain_dir(out: Path, name: str, repeat: int) -> Path:
     """The pipeline's folder for the ``repeat``-th seed of retraining ``name`` (the first keeps the
     folder of runs made before retraining had several seeds)."""
     return Path(out) / RETRAIN_DIR / (name if repeat == 0 else f"{name}-seed{repeat}")
+
+
+def rank_net_dir(out: Path, arch: str, k: int) -> Path:
+    """The rank check's folder for the ``k``-th seed of retraining ``arch`` (digit string)."""
+    return Path(out) / RANK_NETS_DIR / arch / f"seed{k}"
 
 
 def is_finished(run_dir: str | Path) -> bool:

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from detnas.model.amp import AmpSetting
-from detnas.model.detector import DetectorConfig
+from detnas.model.detector_config import DetectorConfig
 from detnas.strict import StrictModel
 
 # DataLoader worker processes per training process; "auto" (the default): from the CPU count, see
@@ -151,7 +151,7 @@ class PretrainRecipe(StrictModel):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     # supernet only: train the ShuffleNetV2 path (choice 0 everywhere) alone for this many steps, then
-    # grow the other choices out of it (supernet_growth.py) and train path-wise; 0 = path-wise from
+    # grow the other choices out of it (model/growth.py) and train path-wise; 0 = path-wise from
     # the start, the authors' recipe
     grow_iters: int = Field(0, ge=0)
 
@@ -220,7 +220,7 @@ class RetrainConfig(FinetuneConfig):
 class SearchConfig(StrictModel):
     """Search hyper-parameters; defaults are the authors' (SPEC section 4)."""
 
-    # pareto: NSGA-II selection of the parents over (mAP up, FLOPs or latency down), see pareto.py
+    # pareto: NSGA-II selection of the parents over (mAP up, FLOPs or latency down), see search/pareto.py
     strategy: Literal["evolution", "random", "pareto"] = "evolution"
     population: int = Field(50, ge=1)
     generations: int = Field(20, ge=1)

@@ -12,22 +12,51 @@ from torchvision.ops.misc import Conv2dNormActivation
 from detnas.model.space import CHOICE_KERNELS
 
 
-def conv_bn(in_c: int, out_c: int, kernel: int = 1, stride: int = 1, relu: bool = True) -> nn.Sequential:
+class ConvBN(Conv2dNormActivation):
+    """torchvision's conv (no bias) + BN [+ ReLU] with its layers named; state_dict keys stay ``0.*``, ``1.*``."""
+
+    @property
+    def conv(self) -> nn.Conv2d:
+        return self[0]
+
+    @property
+    def bn(self) -> nn.BatchNorm2d:
+        return self[1]
+
+
+def conv_bn(in_c: int, out_c: int, kernel: int = 1, stride: int = 1, relu: bool = True) -> ConvBN:
     """A dense conv + BN (+ ReLU)."""
-    return Conv2dNormActivation(in_c, out_c, kernel, stride, activation_layer=nn.ReLU if relu else None)
+    return ConvBN(in_c, out_c, kernel, stride, activation_layer=nn.ReLU if relu else None)
 
 
-def dw_bn(channels: int, kernel: int, stride: int = 1) -> nn.Sequential:
+def dw_bn(channels: int, kernel: int, stride: int = 1) -> ConvBN:
     """A depthwise conv + BN, no activation (as in ShuffleNetV2)."""
-    return Conv2dNormActivation(channels, channels, kernel, stride, groups=channels, activation_layer=None)
+    return ConvBN(channels, channels, kernel, stride, groups=channels, activation_layer=None)
 
 
-def shuffle_branch(in_c: int, mid: int, out_c: int, kernel: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(conv_bn(in_c, mid), dw_bn(mid, kernel, stride), conv_bn(mid, out_c))
+def _layer(i: int) -> property:
+    """The ``i``-th layer of a ``Sequential`` under a name (the state_dict keeps the index)."""
+    return property(lambda self: self[i])
 
 
-def xception_branch(in_c: int, mid: int, out_c: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
+class ShuffleBranch(nn.Sequential):
+    """ShuffleNetV2's branch: pointwise in -> mid, depthwise k x k (the stride), pointwise mid -> out."""
+
+    pw_in, dw, pw_out = _layer(0), _layer(1), _layer(2)
+
+
+class XceptionBranch(nn.Sequential):
+    """The Xception-style branch: three depthwise 3x3 + pointwise pairs (the first depthwise has the stride)."""
+
+    dw1, pw1, dw2, pw2, dw3, pw3 = (_layer(i) for i in range(6))
+
+
+def shuffle_branch(in_c: int, mid: int, out_c: int, kernel: int, stride: int) -> ShuffleBranch:
+    return ShuffleBranch(conv_bn(in_c, mid), dw_bn(mid, kernel, stride), conv_bn(mid, out_c))
+
+
+def xception_branch(in_c: int, mid: int, out_c: int, stride: int) -> XceptionBranch:
+    return XceptionBranch(
         dw_bn(in_c, 3, stride), conv_bn(in_c, mid),
         dw_bn(mid, 3), conv_bn(mid, mid),
         dw_bn(mid, 3), conv_bn(mid, out_c),

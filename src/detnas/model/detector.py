@@ -8,10 +8,8 @@ call ``backbone(images)``, need no change.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -20,35 +18,9 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
 from detnas.model.amp import float32_outputs
+from detnas.model.detector_config import DetectorConfig, DetectorKind
 from detnas.model.space import Arch
-from detnas.model.supernet import ShuffleNetBackbone, supernet_key_to_subnet
-from detnas.strict import StrictModel
-
-DetectorKind = Literal["fpn", "retinanet"]
-
-
-class DetectorConfig(StrictModel):
-    """Detector shape. Defaults are scaled for small images on a CPU; the paper's are in comments."""
-
-    kind: DetectorKind = "fpn"
-    fpn_channels: int = Field(64, ge=8)  # paper: 256
-    box_head_channels: int = Field(256, ge=8)  # paper: 1024 (two-MLP head of FPN Faster R-CNN)
-    anchor_size: int = Field(8, ge=1)  # anchor size at stride 4 (P2), doubling per level; paper: 32
-    min_size: int = Field(128, ge=32)  # shorter image side; paper: 800
-    max_size: int = Field(213, ge=32)  # longer side cap; paper: 1333
-    rpn_pre_nms_top_n_train: int = Field(600, ge=1)  # paper: 2000
-    rpn_post_nms_top_n_train: int = Field(300, ge=1)  # paper: 2000
-    rpn_pre_nms_top_n_test: int = Field(300, ge=1)  # paper: 1000
-    rpn_post_nms_top_n_test: int = Field(150, ge=1)  # paper: 1000
-    box_batch_size_per_image: int = Field(128, ge=1)  # paper: 512
-    detections_per_img: int = Field(100, ge=1)
-    score_thresh: float = Field(0.05, ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _sizes_in_order(self):
-        if self.min_size > self.max_size:
-            raise ValueError(f"min_size {self.min_size} is larger than max_size {self.max_size}")
-        return self
+from detnas.model.supernet import ShuffleNetBackbone, path_state
 
 
 class BackboneWithFPN(nn.Module):
@@ -164,10 +136,5 @@ def extract_detector(detector: nn.Module, arch: Arch, num_classes: int, cfg: Det
     """A standalone detector of ``arch`` with copies of the supernet detector's weights and BN statistics."""
     body = detector_body(detector)
     sub = build_detector(ShuffleNetBackbone(body.space, arch), num_classes, cfg)
-    state = {}
-    for key, value in detector.state_dict().items():
-        sub_key = supernet_key_to_subnet(key, arch, prefix="backbone.body.")
-        if sub_key is not None:
-            state[sub_key] = value
-    sub.load_state_dict(state)
+    sub.load_state_dict(path_state(detector.state_dict(), arch, prefix="backbone.body."))
     return sub.train(detector.training)

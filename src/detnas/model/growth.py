@@ -17,14 +17,14 @@ the other choices out of it, each computing (nearly) the same function as choice
   8 standard deviations, so that the ReLU passes nearly everything; the next BN removes the shift).
   Exact at stride 1 (to float rounding). At stride 2 no exact copy exists: Xception subsamples
   before its first pointwise conv and ReLU, ShuffleNetV2 after them. Copied as above, such a branch
-  is as far from choice 0's as a constant (relative squared error 0.6-1.1 on the demo): right after
-  growing, all-Xception was at 43% top-1 where all-0 was at 86%. So it is then fitted to choice 0's
-  branch output on training images (a few hundred Adam steps, block by block, on the inputs the
-  ShuffleNetV2 path gives it): relative error 0.01-0.10, all-Xception at 85%
-  (benchmarks/growth_fidelity.py).
+  is about as far from choice 0's as a constant, and the paths through it lose much of what the
+  trained path had learned. So it is then fitted to choice 0's branch output on training images (a few
+  hundred Adam steps, block by block, on the inputs the ShuffleNetV2 path gives it).
   The projection branch, half of that block's output, is copied exactly.
 
 Path-wise training then starts with every path as good as the trained one and lets the choices differ.
+How close the grown paths come to the trained one on the demo is measured in BENCHMARKS.md ("Growing
+the stride-2 Xception blocks"; ``benchmarks/growth_fidelity.py``).
 """
 
 from __future__ import annotations
@@ -32,14 +32,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from detnas.model.space import CHOICE_NAMES
 from detnas.model.supernet import ShuffleNetBackbone
 
 RELU_SHIFT = 8.0  # standard deviations: the ReLU after an identity layer clips (almost) nothing
+XCEPTION = CHOICE_NAMES.index("xception")  # the choice grown by identities and fitting
 # fitting the stride-2 Xception branches: Adam steps (by default), their learning rate and minibatch (of the
-# growth images). 300 steps: all-Xception 85.2% right after growing on the demo, 600: 86.3%.
+# growth images). A few hundred steps bring the Xception paths close to the trained path; twice as many
+# gain little more for the time they take.
 FIT_STEPS, FIT_LR, FIT_BATCH = 300, 3e-3, 64
-# random training images to grow from: fitting on 256 rather than one batch of 64 raised all-Xception
-# right after growing from 71% to 74% on the demo (then with a 20-step warm-up)
+# random training images to grow from: several minibatches, so that the fit does not follow the
+# particular images of one batch
 GROW_IMAGES = 256
 
 
@@ -139,19 +142,19 @@ def grow_choices(supernet: ShuffleNetBackbone, images: torch.Tensor, fit_steps: 
         state = base.state_dict()
         for c in (1, 2):
             _centre_copy_(state, choices[c])
-        xception, shuffle = choices[3].branch, base.branch
+        xception, shuffle = choices[XCEPTION].branch, base.branch
         # [dw + BN] identity on the branch input: BN restores its mean and spread
-        _identity_(xception[0][0])
-        _set_bn_(xception[0][1], seen["std"], seen["mean"])
-        xception[1].load_state_dict(shuffle[0].state_dict())  # pointwise in -> mid
-        xception[2].load_state_dict(shuffle[1].state_dict())  # depthwise 3x3 + BN
-        gamma, beta = shuffle[1][1].weight.abs(), shuffle[1][1].bias  # spread and mean of that BN's output
-        _identity_(xception[3][0])  # pointwise mid -> mid, shifted above the ReLU
-        _set_bn_(xception[3][1], gamma, beta + RELU_SHIFT * gamma)
-        _identity_(xception[4][0])  # depthwise: BN removes the shift
-        _set_bn_(xception[4][1], gamma, beta)
-        xception[5].load_state_dict(shuffle[2].state_dict())  # pointwise mid -> out
-        if choices[3].proj is not None:  # stride 2: the projection branch is 3x3 in both
-            choices[3].proj.load_state_dict(base.proj.state_dict())
+        _identity_(xception.dw1.conv)
+        _set_bn_(xception.dw1.bn, seen["std"], seen["mean"])
+        xception.pw1.load_state_dict(shuffle.pw_in.state_dict())  # pointwise in -> mid
+        xception.dw2.load_state_dict(shuffle.dw.state_dict())  # depthwise 3x3 + BN
+        gamma, beta = shuffle.dw.bn.weight.abs(), shuffle.dw.bn.bias  # spread and mean of that BN's output
+        _identity_(xception.pw2.conv)  # pointwise mid -> mid, shifted above the ReLU
+        _set_bn_(xception.pw2.bn, gamma, beta + RELU_SHIFT * gamma)
+        _identity_(xception.dw3.conv)  # depthwise: BN removes the shift
+        _set_bn_(xception.dw3.bn, gamma, beta)
+        xception.pw3.load_state_dict(shuffle.pw_out.state_dict())  # pointwise mid -> out
+        if choices[XCEPTION].proj is not None:  # stride 2: the projection branch is 3x3 in both
+            choices[XCEPTION].proj.load_state_dict(base.proj.state_dict())
             fitted[i] = fit_branch(xception, seen["x"], seen["out"], fit_steps, seed=i)
     return fitted

@@ -106,12 +106,8 @@ class ShuffleNetBackbone(nn.Module):
             self.space, arch, self.num_classes if with_head else None,
             dropout=self.head[3].p if self.head is not None else 0.1,
         )
-        state = {}
-        for key, value in self.state_dict().items():
-            sub_key = supernet_key_to_subnet(key, arch)
-            if sub_key is not None and (net.head is not None or not sub_key.startswith("head.")):
-                state[sub_key] = value
-        net.load_state_dict(state)
+        state = path_state(self.state_dict(), arch)
+        net.load_state_dict({k: v for k, v in state.items() if net.head is not None or not k.startswith("head.")})
         return net.train(self.training)
 
 
@@ -126,3 +122,9 @@ def supernet_key_to_subnet(key: str, arch: Arch, prefix: str = "") -> str | None
     if arch[int(position)] != int(choice):
         return None
     return f"{prefix}blocks.{position}.0.{rest}"
+
+
+def path_state(state: dict, arch: Arch, prefix: str = "") -> dict:
+    """The entries of a supernet state dict on ``arch``'s path, under the standalone network's keys."""
+    keys = ((supernet_key_to_subnet(key, arch, prefix), value) for key, value in state.items())
+    return {key: value for key, value in keys if key is not None}

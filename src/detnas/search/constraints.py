@@ -1,6 +1,6 @@
 """The search's budget: body FLOPs in [min_flops, max_flops], body params <= max_params and predicted
 latency <= max_latency_ms, checked by look-up in the analytic cost table and the measured latency
-table (``latency.py``), and refused at once when no architecture of the space meets it."""
+table (``model/latency_table.py``), and refused at once when no architecture of the space meets it."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ worker, and each round's results are gathered with ``all_gather_object``, so eve
 same state. Only rank 0 writes files. ``evaluate`` must therefore be local to its worker (no
 collective operations inside it).
 
-Rank 0 writes the files of ``search_state.py`` into ``run_dir``: a state to resume from after every
+Rank 0 writes the files of ``search/state.py`` into ``run_dir``: a state to resume from after every
 generation, the results of the running generation as they come, then the plots and ``best.json``.
 """
 
@@ -94,7 +94,46 @@ class _Search:
 
     def save(self) -> None:
         if self.main:
-            search_state.save(self, self.run_dir)
+            search_state.save(self.run_dir, self.state_dict())
+
+    # --- the resumable state (``search_state.json``; its layout must not change, old runs resume)
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume, as ``search_state.json`` holds it (less the time of writing)."""
+        ident = self.identity
+        return {
+            "format": search_state.STATE_FORMAT,
+            "version": search_state.STATE_VERSION,
+            "key": self.key,
+            "config": self.cfg.model_dump(mode="json"),
+            "space": ident["space"],
+            "input_size": ident["input_size"],
+            **({"evaluator": ident["evaluator"]} if "evaluator" in ident else {}),
+            "generation": self.generation,
+            "exhausted": self.exhausted,
+            "population": self.population,
+            "topk": [r["arch"] for r in self.topk],
+            "summary": self.summary,
+            "rng": self.rng.bit_generator.state,
+            "visited": sorted(self.visited),
+            "records": self.records,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state``; whether it belongs to this search is the caller's check."""
+        self.records = state["records"]
+        self.visited = set(state["visited"])
+        by_arch = {r["arch"]: r for r in self.records}
+        self.topk = [by_arch[a] for a in state["topk"]]
+        self.population = state["population"]
+        self.summary = state["summary"]
+        self.generation = state["generation"]
+        self.exhausted = state["exhausted"]
+        self.rng.bit_generator.state = state["rng"]
+
+    def resume_from(self, state: dict, path: Path) -> None:
+        search_state.check_resumable(state, self.identity, path)  # before anything is reused
+        self.load_state_dict(state)
 
     # --- candidates
 
@@ -110,42 +149,40 @@ class _Search:
             return self.cons.sample(self.rng)
         return sample_arch(self.space, self.rng, self.cfg.min_flops, self.cfg.max_flops, self.input_size)
 
-    def _mutate(self, parent: np.ndarray) -> Arch:
+    def _mutate(self, parents: list[np.ndarray]) -> Arch:
+        parent = parents[self.rng.integers(len(parents))]
         n = parent.size
         mask = self.rng.random(n) < self.cfg.mutation_prob
         new = self.rng.integers(0, NUM_CHOICES, n)
         return to_arch(np.where(mask, new, parent))
 
-    def _crossover(self, a: np.ndarray, b: np.ndarray) -> Arch:
+    def _crossover(self, parents: list[np.ndarray]) -> Arch:
+        k = len(parents)
+        a, b = parents[self.rng.integers(k)], parents[self.rng.integers(k)]
         mask = self.rng.random(a.size) < 0.5
         return to_arch(np.where(mask, a, b))
 
+    def _draw(self, make: Callable[[], Arch], seen: set[str]) -> Arch | None:
+        """A feasible, never-seen candidate from ``make``, or None when ``max_tries`` draws all fail."""
+        for _ in range(self.cfg.max_tries):
+            arch = make()
+            if self._fresh(arch, seen):
+                return arch
+        return None
+
     def propose(self) -> list[Arch]:
-        cfg, seen, cands = self.cfg, set(self.visited), []
+        cfg, seen = self.cfg, set(self.visited)
+        made: list[Arch | None] = []
         if cfg.strategy in ("evolution", "pareto") and self.topk:
             parents = [np.array(to_arch(r["arch"])) for r in self.topk]
-            k = len(parents)
-            for _ in range(cfg.mutations):
-                for _ in range(cfg.max_tries):
-                    child = self._mutate(parents[self.rng.integers(k)])
-                    if self._fresh(child, seen):
-                        cands.append(child)
-                        break
-            for _ in range(cfg.crossovers):
-                for _ in range(cfg.max_tries):
-                    a, b = parents[self.rng.integers(k)], parents[self.rng.integers(k)]
-                    child = self._crossover(a, b)
-                    if self._fresh(child, seen):
-                        cands.append(child)
-                        break
+            made += [self._draw(lambda: self._mutate(parents), seen) for _ in range(cfg.mutations)]
+            made += [self._draw(lambda: self._crossover(parents), seen) for _ in range(cfg.crossovers)]
+        cands = [a for a in made if a is not None]  # a slot without a child is filled randomly below
         while len(cands) < cfg.population:
-            for _ in range(cfg.max_tries):
-                arch = self._random()
-                if self._fresh(arch, seen):
-                    cands.append(arch)
-                    break
-            else:
+            arch = self._draw(self._random, seen)
+            if arch is None:
                 break  # the constrained space has (almost) no unvisited architecture left
+            cands.append(arch)
         return cands
 
     # --- evaluation
@@ -251,6 +288,74 @@ def pareto_what(search: _Search) -> str:
     return f"mAP vs {'predicted latency' if search.cost == 'latency_ms' else 'FLOPs'}"
 
 
+def _start(search: _Search, resume: bool) -> dict[str, dict]:
+    """Resume ``search`` from its state on every worker, if asked and there is one; gives the cached
+    results of the interrupted generation."""
+    run_dir = search.run_dir
+    state_path = run_dir / SEARCH_STATE_FILE
+
+    def load() -> tuple[dict | None, dict[str, dict]]:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not state_path.exists():
+            return None, search_state.read_partial(run_dir / PARTIAL_FILE, search.key, 0) if resume else {}
+        if not resume:
+            raise UserError(
+                "a search state already exists here: resume it, or use a new run directory "
+                "(or delete the file) to start over",
+                state_path,
+            )
+        state = search_state.load_state(state_path)
+        search.resume_from(state, state_path)
+        return state, search_state.read_partial(run_dir / PARTIAL_FILE, search.key, state["generation"])
+
+    state, cache = on_main(load)
+    if state is not None and not search.main:
+        search.resume_from(state, state_path)
+    return cache
+
+
+def _evolve(search: _Search, evaluate: Evaluate, cache: dict[str, dict], progress: bool) -> None:
+    """Run the remaining generations, saving the state after each."""
+    cfg = search.cfg
+    running = search.generation < cfg.generations and not search.exhausted
+    bar = search_plots.ProgressBars(progress and search.main and running, cfg.generations)
+    try:
+        while search.generation < cfg.generations and not search.exhausted:
+            cands = search.propose()
+            digest = hashlib.sha256(",".join(map(arch_to_str, cands)).encode()).hexdigest()
+            if len(set(all_gather_object(digest))) != 1:
+                raise RuntimeError("workers proposed different candidates: they must run the same config and seed")
+            if not cands:
+                search.exhausted = True
+                search.save()
+                break
+            best = search.best()["map"] if search.records else -math.inf
+            new = search.run_generation(evaluate, cands, cache, bar.generation(search.generation, len(cands), best))
+            cache = {}
+            search.finish_generation(new)
+            search.save()
+    finally:
+        bar.close()
+
+
+def _write_outputs(search: _Search, before_finish: Callable[[list[dict]], None] | None, progress: bool) -> None:
+    """Rank 0's plots, Pareto front and ``best.json`` of a finished search."""
+    cfg, run_dir, input_size = search.cfg, search.run_dir, search.identity["input_size"]
+    search_plots.plot_search(search.records, run_dir, topk=cfg.topk, cost=search.cost)
+    if cfg.strategy == "pareto":
+        pareto.write_front(run_dir, search.records, search.cost, search.space, input_size)
+    if before_finish is not None:
+        before_finish(list(search.records))
+    # last: the pipeline takes best.json as the sign that the search finished with all its outputs
+    search_state.write_best(run_dir, search.best(), search.space, input_size, cfg.strategy)
+    if progress and cfg.strategy == "pareto":
+        front = pareto.front_records(search.records, search.cost)
+        search_plots.print_topk(front, f"Pareto front of {len(search.records)} evaluated ({pareto_what(search)})")
+    elif progress:
+        title = f"top-{len(search.topk)} of {len(search.records)} evaluated ({cfg.strategy})"
+        search_plots.print_topk(search.topk, title)
+
+
 def run_search(
     space: SearchSpace,
     cfg: SearchConfig,
@@ -275,63 +380,12 @@ def run_search(
     run_dir = Path(run_dir)
     cons = check_constraints(space, cfg, input_size)  # fails fast, identically on every rank
     search = _Search(space, cfg, cons, input_size, run_dir, evaluator_identity)
-    state_path = run_dir / SEARCH_STATE_FILE
-
-    def load() -> tuple[dict | None, dict[str, dict]]:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not state_path.exists():
-            return None, search_state.read_partial(run_dir / PARTIAL_FILE, search.key, 0) if resume else {}
-        if not resume:
-            raise UserError(
-                "a search state already exists here: resume it, or use a new run directory "
-                "(or delete the file) to start over",
-                state_path,
-            )
-        state = search_state.load_state(state_path)
-        search_state.restore(search, state, state_path)  # checks the identity before anything is reused
-        return state, search_state.read_partial(run_dir / PARTIAL_FILE, search.key, state["generation"])
-
-    state, cache = on_main(load)
-    if state is not None and not search.main:
-        search_state.restore(search, state, state_path)
-
-    running = search.generation < cfg.generations and not search.exhausted
-    bar = search_plots.ProgressBars(progress and search.main and running, cfg.generations)
-    try:
-        while search.generation < cfg.generations and not search.exhausted:
-            cands = search.propose()
-            digest = hashlib.sha256(",".join(map(arch_to_str, cands)).encode()).hexdigest()
-            if len(set(all_gather_object(digest))) != 1:
-                raise RuntimeError("workers proposed different candidates: they must run the same config and seed")
-            if not cands:
-                search.exhausted = True
-                search.save()
-                break
-            best = search.best()["map"] if search.records else -math.inf
-            new = search.run_generation(evaluate, cands, cache, bar.generation(search.generation, len(cands), best))
-            cache = {}
-            search.finish_generation(new)
-            search.save()
-    finally:
-        bar.close()
-
+    _evolve(search, evaluate, _start(search, resume), progress)
     if not search.records:
         raise RuntimeError("the search evaluated no architecture")
-    best = search.best()
     if search.main:
-        search_plots.plot_search(search.records, run_dir, topk=cfg.topk, cost=search.cost)
-        if cfg.strategy == "pareto":
-            pareto.write_front(run_dir, search.records, search.cost, space, search.identity["input_size"])
-        if before_finish is not None:
-            before_finish(list(search.records))
-        # last: the pipeline takes best.json as the sign that the search finished with all its outputs
-        search_state.write_best(run_dir, best, space, search.identity["input_size"], cfg.strategy)
-        if progress and cfg.strategy == "pareto":
-            front = pareto.front_records(search.records, search.cost)
-            search_plots.print_topk(front, f"Pareto front of {len(search.records)} evaluated ({pareto_what(search)})")
-        elif progress:
-            title = f"top-{len(search.topk)} of {len(search.records)} evaluated ({cfg.strategy})"
-            search_plots.print_topk(search.topk, title)
+        _write_outputs(search, before_finish, progress)
+    best = search.best()
     return SearchResult(
         best=to_arch(best["arch"]),
         best_record=best,

@@ -8,7 +8,9 @@
 - ``best.json``: the best architecture, written last (the sign that the search finished).
 
 A state is resumed only by the same search: the same config (``generations`` may grow), space,
-input size and evaluator (``identity``); its fingerprint keys the partial results.
+input size and evaluator (``identity``); its fingerprint keys the partial results. The search itself
+produces and consumes the state (``state_dict``/``load_state_dict`` in ``engine.py``); this module
+only reads, checks and writes the files.
 """
 
 from __future__ import annotations
@@ -115,36 +117,12 @@ def load_state(path: str | Path) -> dict:
     return state
 
 
-def state_of(search) -> dict:
-    """The resumable state of the engine ``search`` (a ``search._Search``)."""
-    ident = search.identity
-    return {
-        "format": STATE_FORMAT,
-        "version": STATE_VERSION,
-        "key": search.key,
-        "config": search.cfg.model_dump(mode="json"),
-        "space": ident["space"],
-        "input_size": ident["input_size"],
-        **({"evaluator": ident["evaluator"]} if "evaluator" in ident else {}),
-        "generation": search.generation,
-        "exhausted": search.exhausted,
-        "population": search.population,
-        "topk": [r["arch"] for r in search.topk],
-        "summary": search.summary,
-        "rng": search.rng.bit_generator.state,
-        "visited": sorted(search.visited),
-        "records": search.records,
-        "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-
-
-def restore(search, state: dict, path: Path) -> None:
-    """Load ``state`` into the engine ``search``, after checking that it belongs to the same search."""
+def check_resumable(state: dict, mine: dict, path: Path) -> None:
+    """Refuse ``state`` unless it was written by the search whose identity is ``mine``."""
     conf = _identity_config(state["config"])
     found = {"config": conf, "space": state["space"], "input_size": state.get("input_size")}
     if "evaluator" in state:
         found["evaluator"] = state["evaluator"]
-    mine = search.identity
     if found != mine:
         diff = config_changes(conf, mine["config"])
         diff += [k for k in ("space", "input_size") if found[k] != mine[k]]
@@ -154,21 +132,15 @@ def restore(search, state: dict, path: Path) -> None:
             "resume with the same config and space, or use a new run directory",
             path,
         )
-    search.records = state["records"]
-    search.visited = set(state["visited"])
-    by_arch = {r["arch"]: r for r in search.records}
-    search.topk = [by_arch[a] for a in state["topk"]]
-    search.population = state["population"]
-    search.summary = state["summary"]
-    search.generation = state["generation"]
-    search.exhausted = state["exhausted"]
-    search.rng.bit_generator.state = state["rng"]
 
 
-def save(search, run_dir: Path) -> None:
-    """Write the state and the history of the finished generations; the partial file is then stale."""
-    write_text_atomic(run_dir / SEARCH_STATE_FILE, json.dumps(state_of(search), allow_nan=False))
-    write_text_atomic(run_dir / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in search.records))
+def save(run_dir: Path, state: dict) -> None:
+    """Write ``state`` (a search's ``state_dict()``) and the history of its finished generations; the
+    partial file is then stale."""
+    # the time of writing goes last, where it has always been, so the file's layout is unchanged
+    stamped = {**state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_text_atomic(run_dir / SEARCH_STATE_FILE, json.dumps(stamped, allow_nan=False))
+    write_text_atomic(run_dir / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in state["records"]))
     (run_dir / PARTIAL_FILE).unlink(missing_ok=True)
 
 

@@ -117,7 +117,7 @@ def pretrain_job(cfg: PretrainConfig, arch: Arch | None = None) -> Job:
 
 def arch_schedule(space: SearchSpace, cfg, arch: Arch | None, grow_iters: int = 0):
     """The path of each step: sampled for a supernet (the ShuffleNetV2 path for the first ``grow_iters``
-    steps, see supernet_growth.py), always ``arch`` for a standalone network."""
+    steps, see model/growth.py), always ``arch`` for a standalone network."""
     if arch is not None:
         return lambda step: arch
     baseline = (0,) * space.num_blocks

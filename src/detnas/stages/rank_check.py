@@ -32,6 +32,7 @@ from detnas.config.runs import (
     RESULT_FILE,
     is_finished,
     raise_exists,
+    rank_net_dir,
 )
 from detnas.config.schema import RankCheckStageConfig
 from detnas.distributed import broadcast_object, is_main, map_in_rounds
@@ -95,7 +96,7 @@ def retrain_all(cfg: RankCheckStageConfig, archs: list[Arch], out: Path,
         runs = []
         for k in range(cfg.rank_check.seeds):
             seed_cfg = cfg.retrain.model_copy(update={"seed": cfg.retrain.seed + k})
-            run_dir = out / "nets" / name / f"seed{k}"
+            run_dir = rank_net_dir(out, name, k)
             elsewhere = (known or {}).get(name, [])
             if k < len(elsewhere) and is_finished(elsewhere[k]):
                 run_dir = elsewhere[k]

@@ -107,7 +107,7 @@ class Job:
     # the folder holds no other run): e.g. the held-out search split of finetuning
     write_files: Callable[[Path], None] | None = None
     # (step, grow(model, batch)): called once, before the step of that number, e.g. to grow the
-    # supernet's choices out of the path trained until then (supernet_growth.py)
+    # supernet's choices out of the path trained until then (model/growth.py)
     grow: tuple[int, Callable[[nn.Module, object], None]] | None = None
 
 
@@ -176,97 +176,112 @@ def batches_from(job: Job, schedule: ScheduleConfig, seed: int, workers: int, ra
                                             **loader_options(workers, device)))
 
 
-def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, resume: bool,
-                 workers: Workers = "auto", log_every: int = 10, checkpoint_every: int = 100,
-                 progress: bool = True, amp: AmpSetting = "auto") -> dict:
-    """Train ``job`` for ``schedule.iters`` steps (resuming from ``out_dir`` if asked) and evaluate it,
-    with ``workers`` DataLoader workers and mixed precision ``amp`` (see amp.py)."""
-    dist = init_distributed()
-    device = dist.device
-    amp = resolve_amp(amp, device)
-    out_dir = Path(out_dir)
-    ckpt_path = out_dir / CHECKPOINT
+def _due(step: int, every: int, total: int) -> bool:
+    """Whether a periodic action (a log line, a checkpoint) happens after ``step``: the last step always."""
+    return step % every == 0 or step == total
+
+
+def _check_can_start(job: Job, schedule: ScheduleConfig, ckpt_path: Path, resume: bool, world_size: int) -> None:
+    """Stop, before anything is written, on a folder that holds another run or on too few images."""
     # rank 0 decides, so that all workers stop together when the folder holds another run
     if broadcast_object(not resume and ckpt_path.exists() if is_main() else None):
         raise_exists(ckpt_path)
-    if len(job.dataset) < schedule.batch_size * dist.world_size:  # before anything is written
+    if len(job.dataset) < schedule.batch_size * world_size:
         raise UserError(f"{len(job.dataset)} training images are fewer than one global batch (train.batch_size "
-                        f"{schedule.batch_size} x {dist.world_size} workers): lower train.batch_size or add images")
-    torch.manual_seed(seed)
-    model = convert_sync_batchnorm(job.model.to(device), device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(param_groups(model, schedule.weight_decay), lr=schedule.lr,
-                                momentum=schedule.momentum)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule))
-    scaler = grad_scaler(amp, device)
-    step = 0
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, job.stage, job.meta.get("space"))
-        changed = config_changes(state.get("config", {}), job.meta.get("config", {}), TRAINING_RESUMABLE)
-        if changed:
-            raise UserError(f"this run was started with another config (differs in {', '.join(changed)}): "
-                            "resume with the same config, or choose another --out", ckpt_path)
-        if state.get("amp", "off") != amp:  # "auto" can resolve differently on another machine
-            raise UserError(f"this run trained with amp {state.get('amp', 'off')}, this machine would resume it with "
-                            f"amp {amp}: set amp: {state.get('amp', 'off')} in the config", ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+                        f"{schedule.batch_size} x {world_size} workers): lower train.batch_size or add images")
+
+
+def _check_resumable(state: dict, config: dict, amp: str, ckpt_path: Path) -> None:
+    """Refuse to resume a run with settings that would make it differ from an uninterrupted one."""
+    changed = config_changes(state.get("config", {}), config, TRAINING_RESUMABLE)
+    if changed:
+        raise UserError(f"this run was started with another config (differs in {', '.join(changed)}): "
+                        "resume with the same config, or choose another --out", ckpt_path)
+    if state.get("amp", "off") != amp:  # "auto" can resolve differently on another machine
+        raise UserError(f"this run trained with amp {state.get('amp', 'off')}, this machine would resume it with "
+                        f"amp {amp}: set amp: {state.get('amp', 'off')} in the config", ckpt_path)
+
+
+class _Checkpointer:
+    """Everything a resumed run needs to continue exactly as an uninterrupted one: the model, optimizer,
+    schedule and fp16 scaler, and every worker's RNG state."""
+
+    def __init__(self, path: Path, job: Job, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, amp: str):
+        self.path, self.job, self.amp = path, job, amp
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+
+    def restore(self, rank: int, world_size: int) -> int:
+        """Load the checkpoint, if the run saved one, into the training state; returns its step (else 0)."""
+        if not self.path.exists():
+            return 0
+        state = load_checkpoint(self.path, self.job.stage, self.job.meta.get("space"))
+        _check_resumable(state, self.job.meta.get("config", {}), self.amp, self.path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+            self.scaler.load_state_dict(state["scaler"])
         # each worker draws its own numbers (RoI sampling depends on its images): restore its own state
         rngs = state.get("rng_per_worker") or []
-        torch.set_rng_state(rngs[dist.rank] if len(rngs) == dist.world_size else state["rng"])
-        step = state["step"]
-    broadcast_state(model)
-    if job.write_files is not None and is_main():
-        job.write_files(out_dir)
+        torch.set_rng_state(rngs[rank] if len(rngs) == world_size else state["rng"])
+        return state["step"]
 
-    def save() -> None:  # called by every worker at the same steps
+    def save(self, step: int) -> None:
+        """Called by every worker at the same steps (all take part in gathering the RNG states);
+        rank 0 writes."""
         rngs = all_gather_object(torch.get_rng_state())
         if is_main():
-            save_checkpoint(ckpt_path, {
-                "stage": job.stage, **job.meta, "step": step, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "amp": amp, "scaler": scaler.state_dict(), "rng": rngs[0], "rng_per_worker": rngs,
+            save_checkpoint(self.path, {
+                "stage": self.job.stage, **self.job.meta, "step": step, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "amp": self.amp, "scaler": self.scaler.state_dict(), "rng": rngs[0], "rng_per_worker": rngs,
             })
 
-    log = TrainLog(out_dir, job.stage, schedule.iters, start=step, enabled=is_main(), progress=progress)
-    batches = batches_from(job, schedule, seed, data_workers(workers), dist.rank, dist.world_size, step, device)
-    window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
-    with log:
-        while step < schedule.iters:
-            arch = job.arch_for_step(step)
-            batch = next(batches)
-            if job.grow is not None and job.grow[0] == step:
-                job.grow[1](model, batch)
-                broadcast_state(model)  # every worker continues from rank 0's grown weights
-            try:
-                loss, n_images = train_step(model, job, batch, arch, device, params, optimizer, schedule.grad_clip,
-                                            amp, scaler)
-            except TrainingDiverged as e:
-                raise TrainingDiverged(f"training diverged at step {step + 1}: {e}; lower train.lr, raise "
-                                       "train.warmup_iters or set train.grad_clip") from None
-            with warnings.catch_warnings():  # torch takes an fp16 step skipped on overflow for a misordered call
-                warnings.filterwarnings("ignore", re.escape(SCHEDULER_ORDER_WARNING), UserWarning)
-                scheduler.step()
-            step += 1
-            window_loss += loss
-            window_steps += 1
-            window_images += n_images * dist.world_size
-            if step % log_every == 0 or step == schedule.iters:
-                elapsed = time.perf_counter() - window_start
-                log.scalars(step, {
-                    "loss": window_loss / window_steps,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "images_per_s": window_images / max(elapsed, 1e-9),
-                }, arch=arch_to_str(arch))
-                window_loss, window_steps, window_images, window_start = 0.0, 0, 0, time.perf_counter()
-            else:
-                log.advance(step)
-            if step % checkpoint_every == 0 or step == schedule.iters:
-                save()
-    del batches  # stops the data workers before the final evaluation starts its own
+
+def _grow_if_due(job: Job, model: nn.Module, step: int, batch) -> None:
+    """Run the job's growth hook before its step, on the batch of that step."""
+    if job.grow is not None and job.grow[0] == step:
+        job.grow[1](model, batch)
+        broadcast_state(model)  # every worker continues from rank 0's grown weights
+
+
+def _step_scheduler(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    with warnings.catch_warnings():  # torch takes an fp16 step skipped on overflow for a misordered call
+        warnings.filterwarnings("ignore", re.escape(SCHEDULER_ORDER_WARNING), UserWarning)
+        scheduler.step()
+
+
+class _LogWindow:
+    """Loss and images/s averaged over the steps since the previous log line, logged every ``every``
+    steps and after the last one; the steps between only move the progress bar."""
+
+    def __init__(self, log: TrainLog, optimizer: torch.optim.Optimizer, world_size: int, every: int, total: int):
+        self.log, self.optimizer, self.world_size, self.every, self.total = log, optimizer, world_size, every, total
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss, self.steps, self.images, self.start = 0.0, 0, 0, time.perf_counter()
+
+    def add(self, step: int, loss: float, n_images: int, arch: Arch) -> None:
+        """Count the step just trained (``step`` is the number of steps done); ``n_images`` per worker."""
+        self.loss += loss
+        self.steps += 1
+        self.images += n_images * self.world_size
+        if not _due(step, self.every, self.total):
+            self.log.advance(step)
+            return
+        elapsed = time.perf_counter() - self.start
+        self.log.scalars(step, {
+            "loss": self.loss / self.steps,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": self.images / max(elapsed, 1e-9),
+        }, arch=arch_to_str(arch))
+        self._reset()
+
+
+def _final_eval(job: Job, model: nn.Module, amp: str, device: torch.device, out_dir: Path, log: TrainLog) -> dict:
+    """Evaluate the trained model; rank 0 logs the metrics and writes them to the run folder."""
     if hasattr(job.dataset, "set_epoch"):  # loading in this process moved it; workers moved only their copies
         job.dataset.set_epoch(0)  # so the final evaluation's recalibration images depend on neither
     with autocast(amp, device):
@@ -274,4 +289,46 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
     if is_main():
         log.final(metrics)
         write_text_atomic(out_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
-    return {"step": step, **metrics}
+    return metrics
+
+
+def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, resume: bool,
+                 workers: Workers = "auto", log_every: int = 10, checkpoint_every: int = 100,
+                 progress: bool = True, amp: AmpSetting = "auto") -> dict:
+    """Train ``job`` for ``schedule.iters`` steps (resuming from ``out_dir`` if asked) and evaluate it,
+    with ``workers`` DataLoader workers and mixed precision ``amp`` (see amp.py)."""
+    dist = init_distributed()
+    device, amp, out_dir = dist.device, resolve_amp(amp, dist.device), Path(out_dir)
+    _check_can_start(job, schedule, out_dir / CHECKPOINT, resume, dist.world_size)
+    torch.manual_seed(seed)
+    model = convert_sync_batchnorm(job.model.to(device), device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(param_groups(model, schedule.weight_decay), lr=schedule.lr, momentum=schedule.momentum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule))
+    scaler = grad_scaler(amp, device)
+    checkpoints = _Checkpointer(out_dir / CHECKPOINT, job, model, optimizer, scheduler, scaler, amp)
+    step = checkpoints.restore(dist.rank, dist.world_size) if resume else 0
+    broadcast_state(model)
+    if job.write_files is not None and is_main():
+        job.write_files(out_dir)
+    log = TrainLog(out_dir, job.stage, schedule.iters, start=step, enabled=is_main(), progress=progress)
+    batches = batches_from(job, schedule, seed, data_workers(workers), dist.rank, dist.world_size, step, device)
+    window = _LogWindow(log, optimizer, dist.world_size, log_every, schedule.iters)
+    with log:
+        while step < schedule.iters:
+            arch = job.arch_for_step(step)
+            batch = next(batches)
+            _grow_if_due(job, model, step, batch)
+            try:
+                loss, n_images = train_step(model, job, batch, arch, device, params, optimizer, schedule.grad_clip,
+                                            amp, scaler)
+            except TrainingDiverged as e:
+                raise TrainingDiverged(f"training diverged at step {step + 1}: {e}; lower train.lr, raise "
+                                       "train.warmup_iters or set train.grad_clip") from None
+            _step_scheduler(scheduler)
+            step += 1
+            window.add(step, loss, n_images, arch)
+            if _due(step, checkpoint_every, schedule.iters):
+                checkpoints.save(step)
+    del batches  # stops the data workers before the final evaluation starts its own
+    return {"step": step, **_final_eval(job, model, amp, device, out_dir, log)}

@@ -6,7 +6,6 @@ prediction (``benchmarks/latency_prediction.py``). The table itself is ``detnas.
 from __future__ import annotations
 
 import platform
-import statistics
 import time
 from collections import OrderedDict
 from pathlib import Path
