@@ -37,3 +37,13 @@ def test_the_report_warns_when_the_supernet_is_near_chance_or_does_not_detect(tm
         "supernet pretraining is near chance (best path 15.0% top-1, chance 10.0%): the paths did not learn",
         "the finetuned supernet barely detects (best evaluated path 0.4 AP on the search split)",
     ]
+
+
+def test_near_chance_is_judged_against_the_gap_to_perfect_for_every_class_count():
+    from detnas.stages.report import near_chance
+
+    # (classes, top-1 that learned something, top-1 that did not)
+    for classes, learned, not_learned in ((2, 0.79, 0.53), (10, 0.25, 0.15), (1000, 0.15, 0.05)):
+        chance = 1 / classes
+        assert not near_chance(learned, chance), (classes, learned)
+        assert near_chance(not_learned, chance), (classes, not_learned)

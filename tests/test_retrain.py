@@ -102,3 +102,61 @@ def test_search_result_of_another_space_is_refused(config, tmp_path):
     best.write_text(json.dumps({"arch": "0" * 40, "space": "large", "width_mult": 1.0}))
     r = retrain("--arch", str(best), "--config", str(config), "--out", str(tmp_path / "run"))
     assert r.returncode == 2 and "is for space large" in r.stderr and str(best) in r.stderr
+
+
+def test_inherit_starts_from_the_supernet_path_and_skips_pretraining(config, tmp_path):
+    """With ``supernet:`` the standalone detector starts as the supernet's extracted path (backbone,
+    FPN, heads) and is finetuned alone; no classification pretraining."""
+    from detnas.config.schema import RetrainConfig
+    from detnas.model.detector import build_detector, extract_detector
+    from detnas.model.space import get_space, parse_arch
+    from detnas.model.supernet import ShuffleNetBackbone
+    from detnas.stages.jobs import finetune_job
+    from detnas.strict import validate
+
+    raw = yaml.safe_load(config.read_text())
+    raw.pop("pretrain")
+    finetune_cfg = tmp_path / "finetune.yaml"
+    finetune_cfg.write_text(yaml.safe_dump({**raw, "data": {**raw["data"], "holdout": {"size": 2}},
+                                            "eval": {"archs": ["0" * 20], "recalib_images": 4, "batch_size": 4}}))
+    supernet_dir = tmp_path / "finetune"
+    r = run_detnas("finetune", "--config", str(finetune_cfg), "--out", str(supernet_dir), check=False, timeout=600)
+    assert r.returncode == 0, r.stderr
+
+    cfg = validate(RetrainConfig, {**raw, "supernet": str(supernet_dir)}, "test")
+    space = get_space("small")
+    arch = parse_arch(ARCH, space)
+    job = finetune_job(cfg, tmp_path / "unused", arch, supernet_dir / "checkpoint.pt")
+    ckpt = load_checkpoint(supernet_dir / "checkpoint.pt", "finetune")
+    supernet = build_detector(ShuffleNetBackbone(space), 1, cfg.detector)
+    supernet.load_state_dict(ckpt["model"])
+    expected = extract_detector(supernet, arch, 1, cfg.detector).state_dict()
+    got = job.model.state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+    inherit_cfg = tmp_path / "inherit.yaml"
+    inherit_cfg.write_text(yaml.safe_dump({**raw, "supernet": str(supernet_dir)}))
+    out = tmp_path / "run"
+    r = retrain("--arch", ARCH, "--config", str(inherit_cfg), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["inherited"] is True and result["pretrained"] is False
+    assert not (out / "pretrain").exists()
+
+    # a supernet start and a pretraining are two different recipes: one line, not both
+    both = tmp_path / "both.yaml"
+    both.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "supernet": str(supernet_dir)}))
+    r = retrain("--arch", ARCH, "--config", str(both), "--out", str(tmp_path / "both"))
+    assert r.returncode == 2 and "leave pretrain and init unset" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_inherited_retraining_is_not_pretrained_again():
+    from detnas.config.schema import RetrainRecipe
+    from detnas.errors import UserError
+    from detnas.strict import validate
+
+    schedule = {"iters": 10, "batch_size": 2, "lr": 0.01}
+    assert validate(RetrainRecipe, {"inherit": True, "train": schedule}, "cfg").inherit
+    with pytest.raises(UserError, match="an inherited network is not pretrained again"):
+        validate(RetrainRecipe, {"inherit": True, "pretrain": schedule, "train": schedule}, "cfg")

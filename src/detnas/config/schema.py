@@ -191,9 +191,18 @@ class FinetuneConfig(SpaceConfig):
 class RetrainConfig(FinetuneConfig):
     """Retraining a fixed architecture: the same detector recipe, after classification pretraining
     of the standalone network as in the paper (``pretrain``; omit it, or pass --no-pretrain, to train
-    the detector from scratch)."""
+    the detector from scratch), or starting from a finetuned supernet's weights of its path
+    (``supernet``: backbone, FPN and heads, as OFA and BigNAS deploy their subnets)."""
 
     pretrain: ClassificationRecipe | None = None
+    supernet: Path | None = None  # a finetuned supernet's run folder or checkpoint: inherit its path's weights
+
+    @model_validator(mode="after")
+    def _one_start(self):
+        if self.supernet is not None and (self.pretrain is not None or self.init is not None):
+            raise ValueError("supernet: the network starts from the supernet's weights; leave pretrain and init "
+                             "unset")
+        return self
 
     @field_validator("pretrain")
     @classmethod
@@ -271,11 +280,22 @@ class SearchStageConfig(StrictModel):
 
 
 class RetrainRecipe(StrictModel):
+    # true: each network starts from the finetuned supernet's weights of its path (backbone, FPN, heads)
+    # and is finetuned alone; false: from random weights, with the classification pretraining below
+    # (the paper's way)
+    inherit: bool = False
     pretrain: ScheduleConfig | None = None  # classification pretraining of each retrained network
     train: ScheduleConfig  # its detector training
     # each network is retrained with seeds seed, seed + 1, ...: the report compares the searched
     # network with the baseline against this seed spread
     seeds: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _one_start(self):
+        if self.inherit and self.pretrain is not None:
+            raise ValueError("pretrain: an inherited network is not pretrained again; remove retrain.pretrain "
+                             "or set retrain.inherit: false")
+        return self
 
 
 class RankCheckRecipe(StrictModel):
@@ -349,7 +369,8 @@ class PipelineConfig(SpaceConfig):
             fitness=self.fitness, workers=self.detection.workers, amp=self.amp, progress=self.logging.progress,
         )
 
-    def retrain_config(self) -> RetrainConfig:
+    def retrain_config(self, finetune_dir: Path) -> RetrainConfig:
+        """Each retraining's config; with ``retrain.inherit`` it starts from the supernet in ``finetune_dir``."""
         pretrain = None
         if self.retrain.pretrain is not None and self.classification is not None:
             # a standalone network has no choices to grow
@@ -357,9 +378,9 @@ class PipelineConfig(SpaceConfig):
             pretrain = {**recipe, "data": self.classification, "train": self.retrain.pretrain}
         data = self.detection.model_copy(update={"holdout": self.detection.holdout.model_copy(update={"size": 0})})
         return RetrainConfig(**self.common(), data=data, detector=self.detector, train=self.retrain.train,
-                             eval=self.eval, pretrain=pretrain)
+                             eval=self.eval, pretrain=pretrain, supernet=finetune_dir if self.retrain.inherit else None)
 
     def rank_check_config(self, finetune_dir: Path, include: list[str]) -> RankCheckStageConfig:
         return RankCheckStageConfig(supernet=finetune_dir, fitness=self.fitness, search=self.search,
-                                    retrain=self.retrain_config(), rank_check=self.rank_check or RankCheckRecipe(),
+                                    retrain=self.retrain_config(finetune_dir), rank_check=self.rank_check or RankCheckRecipe(),
                                     include=include)

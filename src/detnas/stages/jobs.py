@@ -31,7 +31,7 @@ from detnas.model.evaluate import (
 )
 from detnas.model.growth import GROW_IMAGES, grow_choices
 from detnas.model.space import Arch, SearchSpace, arch_to_str, get_space, parse_arch
-from detnas.model.supernet import ShuffleNetBackbone
+from detnas.model.supernet import ShuffleNetBackbone, path_state
 from detnas.stages.train import Job, path_for_step, run_training
 
 
@@ -138,10 +138,24 @@ def load_backbone_weights(body: ShuffleNetBackbone, ckpt_path: Path, space: dict
                         ckpt_path) from None
 
 
-def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None) -> Job:
+def load_path_weights(detector: torch.nn.Module, ckpt_path: Path, arch: Arch, space: dict) -> None:
+    """Initialise the standalone ``detector`` of ``arch`` with its path's weights in a finetuned supernet
+    detector: backbone blocks, stem, FPN and heads. Its BN statistics are not recalibrated: train-mode
+    BN normalises with batch statistics, and finetuning replaces the running averages within tens of
+    steps (momentum 0.1)."""
+    ckpt = load_checkpoint(ckpt_path, FINETUNE, space)
+    try:
+        detector.load_state_dict(path_state(ckpt["model"], arch, prefix="backbone.body."))
+    except RuntimeError as e:  # another detector shape or number of classes
+        raise UserError(f"the supernet's detector does not fit this config: {' '.join(str(e).split())[:200]}",
+                        ckpt_path) from None
+
+
+def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None, inherit: Path | None = None) -> Job:
     """Path-wise detection finetuning of the supernet; the search split is held out, and saved into
     ``out_dir`` by ``run_training`` (which first checks that the folder holds no other run).
-    With ``arch``: the detection training of a standalone network (retraining)."""
+    With ``arch``: the detection training of a standalone network (retraining), starting from the
+    weights of its path in the finetuned supernet checkpoint ``inherit`` when given."""
     space = get_space(cfg.space, cfg.width_mult)
     det = cfg.detector
     full = load_training_set(cfg.data.train, DetectionTransform(det.min_size, det.max_size, cfg.data.flip),
@@ -157,6 +171,8 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None) -
         model = build_detector(body, num_classes, det)
     if cfg.init is not None:
         load_backbone_weights(body, cfg.init, space_meta(cfg), PRETRAIN if arch is None else RETRAIN_PRETRAIN)
+    if inherit is not None:
+        load_path_weights(model, inherit, arch, space_meta(cfg))
 
     def loss(model, batch, arch, device):
         images, targets = batch

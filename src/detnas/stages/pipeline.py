@@ -131,7 +131,7 @@ def _run_stages(cfg: PipelineConfig, out: Path, stages: _Stages | _Plan) -> None
         stages.run(f"search ({strategy})", is_finished(s_dir), s_dir,
                    lambda: run_search_stage(s_cfg, s_dir, resume=True))
 
-    rt_cfg = cfg.retrain_config()
+    rt_cfg = cfg.retrain_config(ft_dir)
     # the searches' best architectures, read when their retraining starts (rank 0 wrote them by then)
     candidates = {"searched": lambda: resolve_arch(str(out / SEARCH_DIRS["evolution"] / BEST_FILE), space)[0]}
     if cfg.random_search:
