@@ -68,10 +68,19 @@ class ScheduleConfig(StrictModel):
 
 
 class SamplingConfig(StrictModel):
-    """The range of body FLOPs (MACs at 224x224) that paths are sampled from; none = the whole space."""
+    """How each step's path is drawn: uniformly from the paths whose body FLOPs (MACs at 224x224) lie
+    in the range (none = the whole space), or with ``fair`` every choice exactly once per four steps at
+    every position (FairNAS's strict fairness: each choice gets the same number of updates)."""
 
     min_flops: float | None = Field(None, gt=0)
     max_flops: float | None = Field(None, gt=0)
+    fair: bool = False
+
+    @model_validator(mode="after")
+    def _fair_needs_the_whole_space(self):
+        if self.fair and (self.min_flops is not None or self.max_flops is not None):
+            raise ValueError("fair sampling draws from the whole space: leave min_flops and max_flops unset")
+        return self
 
 
 class LoggingConfig(StrictModel):

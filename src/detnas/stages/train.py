@@ -40,7 +40,7 @@ from detnas.distributed import (
 from detnas.errors import UserError
 from detnas.model.amp import AmpSetting, autocast, grad_scaler, resolve_amp
 from detnas.model.flops import sample_arch
-from detnas.model.space import Arch, SearchSpace, arch_to_str
+from detnas.model.space import NUM_CHOICES, Arch, SearchSpace, arch_to_str, to_arch
 from detnas.stages.train_log import TrainLog
 
 
@@ -52,7 +52,12 @@ SCHEDULER_ORDER_WARNING = "Detected call of `lr_scheduler.step()` before"
 
 
 def path_for_step(space: SearchSpace, seed: int, step: int, sampling: SamplingConfig) -> Arch:
-    """The architecture trained at ``step``: a pure function of (seed, step)."""
+    """The architecture trained at ``step``: a pure function of (seed, step). Fair sampling: within each
+    group of four steps, every position runs a random permutation of the four choices."""
+    if sampling.fair:
+        group, slot = divmod(step, NUM_CHOICES)
+        orders = np.argsort(np.random.default_rng([seed, group]).random((space.num_blocks, NUM_CHOICES)), axis=1)
+        return to_arch(orders[:, slot])
     rng = np.random.default_rng([seed, step])
     return sample_arch(space, rng, sampling.min_flops, sampling.max_flops)
 

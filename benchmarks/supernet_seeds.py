@@ -1,0 +1,131 @@
+"""Do supernets trained alike agree? One supernet recipe trained with several seeds (the demo's
+pretraining and finetuning, each seed's own run), every supernet scoring the same architectures with
+the search's fitness (search-split mAP after BN recalibration); then Kendall's tau between every pair
+of seeds, and between ensembles (the mean fitness of K supernets against that of K others). No
+retraining: this is the cheap loop for supernet recipes.
+
+    .venv/bin/python benchmarks/supernet_seeds.py --recipe grown --seeds 4 --out /tmp/agree
+    .venv/bin/python benchmarks/supernet_seeds.py --recipe fair --seeds 4 --out /tmp/agree
+
+Recipes (on top of the packaged demo config): ``grown`` is the demo's own; ``fair`` adds FairNAS's
+strict fairness (``sampling.fair``); ``long`` doubles both schedules. Runs are kept in ``--out`` and
+reused: rerunning prints the table again, and a new recipe adds its rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import demo_settings, max_flops, print_choice_count_taus
+from detnas.config.runs import CHECKPOINT, FINETUNE_DIR, PRETRAIN_DIR, is_finished
+from detnas.config.schema import PipelineConfig
+from detnas.model.flops import sample_arch
+from detnas.model.space import arch_to_str, get_space
+from detnas.stages.jobs import finetune_job, pretrain_job, run_stage
+from detnas.stages.rank_stats import kendall_tau
+from detnas.stages.search import SupernetEvaluator
+
+
+def recipe(demo: PipelineConfig, name: str) -> PipelineConfig:
+    if name == "grown":
+        return demo
+    if name == "fair":
+        return demo.model_copy(update={"sampling": demo.sampling.model_copy(update={"fair": True})})
+    if name == "long":
+        def doubled(schedule):
+            return schedule.model_copy(update={"iters": 2 * schedule.iters,
+                                               "milestones": [2 * m for m in schedule.milestones]})
+        pretrain = demo.pretrain.model_copy(update={"train": doubled(demo.pretrain.train),
+                                                    "grow_iters": 2 * demo.pretrain.grow_iters})
+        return demo.model_copy(update={"pretrain": pretrain, "finetune": doubled(demo.finetune)})
+    raise SystemExit(f"unknown recipe {name!r}: grown, fair or long")
+
+
+def archs_to_score(demo: PipelineConfig, n: int) -> list[tuple]:
+    """ShuffleNetV2 (all 3x3) and ``n - 1`` architectures drawn under the demo's budget (fixed seed)."""
+    space = get_space(demo.space, demo.width_mult)
+    rng = np.random.default_rng(2026)
+    drawn = {(0,) * space.num_blocks}
+    while len(drawn) < n:
+        drawn.add(sample_arch(space, rng, None, max_flops(demo)))
+    return sorted(drawn)
+
+
+def train_supernet(cfg: PipelineConfig, run: Path) -> Path:
+    """Pretraining (if the recipe has one) and finetuning of one supernet in ``run``; resumable."""
+    pre_cfg, init = cfg.pretrain_config(), None
+    if pre_cfg is not None:
+        if not is_finished(run / PRETRAIN_DIR):
+            run_stage(pretrain_job(pre_cfg), pre_cfg, run / PRETRAIN_DIR, resume=True)
+        init = run / PRETRAIN_DIR / CHECKPOINT
+    ft_cfg = cfg.finetune_config(init)
+    ft_dir = run / FINETUNE_DIR
+    if not is_finished(ft_dir):
+        run_stage(finetune_job(ft_cfg, ft_dir), ft_cfg, ft_dir, resume=True)
+    return ft_dir
+
+
+def fitness_of_seed(cfg: PipelineConfig, run: Path, archs: list[tuple]) -> dict[str, float]:
+    path = run / "fitness.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    evaluator = SupernetEvaluator(train_supernet(cfg, run), cfg.fitness, workers=0)
+    scores = {arch_to_str(a): evaluator(a)["map"] for a in archs}
+    path.write_text(json.dumps(scores, indent=1))
+    print(f"{run}: trained and scored in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+    return scores
+
+
+def pairwise(scores: list[dict[str, float]], archs: list[str], k: int) -> list[float]:
+    """Tau between the mean fitness of every two disjoint groups of ``k`` supernets."""
+    taus = []
+    for a in itertools.combinations(range(len(scores)), k):
+        rest = [i for i in range(len(scores)) if i not in a]
+        for b in itertools.combinations(rest, k):
+            if a < b:
+                mean = [[statistics.fmean(scores[i][x] for i in g) for x in archs] for g in (a, b)]
+                taus.append(kendall_tau(*mean))
+    return taus
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--recipe", action="append", required=True, help="grown, fair or long (repeatable)")
+    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--archs", type=int, default=12, help="architectures scored by every supernet")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    demo = demo_settings()
+    demo = demo.model_copy(update={"logging": demo.logging.model_copy(update={"progress": False, "log_every": 50})})
+    archs = archs_to_score(demo, args.archs)
+    names = [arch_to_str(a) for a in archs]
+    print("| recipe | seeds | fitness range (AP %) | tau between seeds: mean ± std [min, max] | tau between "
+          "2-supernet ensembles |")
+    print("|---|---:|---:|---:|---:|")
+    rankings = {}
+    for name in args.recipe:
+        cfg = recipe(demo, name)
+        scores = [fitness_of_seed(cfg.model_copy(update={"seed": s}), args.out / name / f"seed{s}", archs)
+                  for s in range(args.seeds)]
+        single = pairwise(scores, names, 1)
+        ensemble = pairwise(scores, names, 2) if len(scores) >= 4 else []
+        lo = min(min(s.values()) for s in scores)
+        hi = max(max(s.values()) for s in scores)
+        ens = (f"{statistics.fmean(ensemble):.2f} [{min(ensemble):.2f}, {max(ensemble):.2f}]" if ensemble else "-")
+        print(f"| {name} | {len(scores)} | {100 * lo:.1f}-{100 * hi:.1f} | {statistics.fmean(single):.2f} ± "
+              f"{statistics.stdev(single) if len(single) > 1 else 0:.2f} [{min(single):.2f}, {max(single):.2f}] "
+              f"| {ens} |", flush=True)
+        rankings.update({f"{name} {s}": score for s, score in enumerate(scores)})
+    print_choice_count_taus(rankings, names)
+
+
+if __name__ == "__main__":
+    main()
