@@ -96,8 +96,9 @@ def rank_check(
     archs: Annotated[Optional[int], typer.Option(help="architectures in all (default: rank_check.archs or 12)")] = None,
     seeds: Annotated[Optional[int], typer.Option(help="standalone trainings per architecture (default 2)")] = None,
 ) -> None:
-    """Does the supernet rank architectures as standalone training does? Kendall tau with its interval,
-    next to the seed-noise ceiling. Rerun with another --supernet and --resume to reuse the retrainings."""
+    """Does the supernet rank architectures as standalone training does? Kendall tau with its interval, next
+    to what a perfect predictor would reach through the seed noise and to zero-cost proxies. Rerun with another
+    --supernet and --resume to reuse the retrainings (refused if they were made with another retrain recipe)."""
     from detnas.config.loader import load_config
     from detnas.config.schema import PipelineConfig
     from detnas.stages.rank_check import run_rank_check

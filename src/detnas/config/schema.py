@@ -311,9 +311,10 @@ class RankCheckRecipe(StrictModel):
     """How many architectures the rank check retrains, and how its agreement is summarised."""
 
     archs: int = Field(12, ge=3)  # in all: the included ones (searched, random best, baseline) and draws
-    seeds: int = Field(2, ge=1)  # standalone trainings per architecture; 2 gives the seed-noise ceiling
+    seeds: int = Field(2, ge=1)  # standalone trainings per architecture; 2 or more measure the seed noise
     topk: int = Field(3, ge=1)  # the hit rate: how many of the fitness's k best are among the k truly best
-    bootstrap: int = Field(2000, ge=100)  # resamples of the architectures for tau's confidence interval
+    # resamples (of the architectures and each one's seeds) for tau's interval; draws of the ceiling's simulation
+    bootstrap: int = Field(2000, ge=100)
 
 
 class RankCheckStageConfig(StrictModel):
