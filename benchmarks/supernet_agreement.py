@@ -77,7 +77,7 @@ def main() -> None:
             cells.append(f"{kendall_tau(x, y):.2f} ({lo:.2f} to {hi:.2f})")
         print(f"| {name} | " + " | ".join(cells) + " |")
     if ceilings:
-        print("\nseed-noise ceiling (tau between two seeds of standalone training): "
+        print("\ntau between two seeds of standalone training (not a ceiling for the seed mean: see rank_stats): "
               + ", ".join(f"{n} {t:.2f}" for n, t in ceilings.items()))
 
     print("\nKendall tau between the fitness of two supernets\n")
