@@ -14,11 +14,12 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
 from detnas.model.amp import float32_outputs
 from detnas.model.detector_config import DetectorConfig, DetectorKind
+from detnas.model.layout import same_layout
+from detnas.model.roi_align import GatherMultiScaleRoIAlign
 from detnas.model.space import Arch
 from detnas.model.supernet import ShuffleNetBackbone, path_state
 
@@ -64,10 +65,11 @@ def anchor_generator(cfg: DetectorConfig) -> AnchorGenerator:
     return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * levels)
 
 
-def roi_pooler(cfg: DetectorConfig) -> MultiScaleRoIAlign:
+def roi_pooler(cfg: DetectorConfig) -> GatherMultiScaleRoIAlign:
     """The RoI pooler of the FPN Faster R-CNN: RoIs go to P2..P5 by size; the level mapping's
-    reference box (224 at an 800-pixel short side) scales with the image size."""
-    return MultiScaleRoIAlign(
+    reference box (224 at an 800-pixel short side) scales with the image size. torchvision's
+    ``MultiScaleRoIAlign``, faster on the CPU (model/roi_align.py)."""
+    return GatherMultiScaleRoIAlign(
         ["p2", "p3", "p4", "p5"], output_size=7, sampling_ratio=2,
         canonical_scale=max(1, round(224 * cfg.min_size / 800)),
     )
@@ -137,4 +139,4 @@ def extract_detector(detector: nn.Module, arch: Arch, num_classes: int, cfg: Det
     body = detector_body(detector)
     sub = build_detector(ShuffleNetBackbone(body.space, arch), num_classes, cfg)
     sub.load_state_dict(path_state(detector.state_dict(), arch, prefix="backbone.body."))
-    return sub.train(detector.training)
+    return same_layout(sub, detector).train(detector.training)

@@ -18,6 +18,7 @@ from torch import nn
 from detnas.data.detection import DetectionDataset, collate
 from detnas.data.loading import CachedBatches, loader_options
 from detnas.model.cocoeval import coco_map, detections_from_outputs
+from detnas.model.layout import apply_layout
 
 RecalibMode = Literal["cumulative", "ema"]
 
@@ -119,12 +120,12 @@ def recalibration_batches(dataset, n_images: int, batch_size: int, collate_fn=No
 
 def recalibrated_path(supernet_detector: nn.Module, arch, num_classes: int, detector_cfg, recalib: Iterable,
                       mode: RecalibMode = "cumulative") -> nn.Module:
-    """The standalone detector of one path (on the supernet's device) with its BN statistics
-    recomputed on ``recalib`` image batches."""
+    """The standalone detector of one path (on the supernet's device, in the layout of model/layout.py)
+    with its BN statistics recomputed on ``recalib`` image batches."""
     from detnas.model.detector import extract_detector
 
     device = next(supernet_detector.parameters()).device
-    sub = extract_detector(supernet_detector, arch, num_classes, detector_cfg).to(device)
+    sub = apply_layout(extract_detector(supernet_detector, arch, num_classes, detector_cfg).to(device), device)
     recalibrate_bn(sub, detector_backbone_forward(sub), recalib, mode)
     return sub
 
@@ -150,6 +151,6 @@ def evaluate_classification_path(supernet: nn.Module, arch, recalib: Iterable, v
                                  mode: RecalibMode = "cumulative") -> float:
     """Top-1 of one path of a classification supernet after BN recalibration."""
     device = next(supernet.parameters()).device
-    sub = supernet.subnet(arch).to(device)
+    sub = apply_layout(supernet.subnet(arch).to(device), device)
     recalibrate_bn(sub, lambda x: sub.classify(x.to(device)), recalib, mode)
     return classification_top1(sub, val_loader)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from detnas.model.blocks import ChoiceBlock, conv_bn
+from detnas.model.layout import is_channels_last, same_layout
 from detnas.model.space import NUM_CHOICES, Arch, SearchSpace, arch_to_str
 
 STAGE_NAMES = ("c2", "c3", "c4", "c5")
@@ -80,6 +81,8 @@ class ShuffleNetBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor, arch: Arch | None = None) -> OrderedDict[str, torch.Tensor]:
         out = OrderedDict()
+        if is_channels_last(self.stem.conv.weight):  # the input takes the network's layout (model/layout.py)
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
         for i, choice in enumerate(self._path(arch)):
             x = self.blocks[i][choice](x)
@@ -108,7 +111,7 @@ class ShuffleNetBackbone(nn.Module):
         )
         state = path_state(self.state_dict(), arch)
         net.load_state_dict({k: v for k, v in state.items() if net.head is not None or not k.startswith("head.")})
-        return net.train(self.training)
+        return same_layout(net, self).train(self.training)
 
 
 def supernet_key_to_subnet(key: str, arch: Arch, prefix: str = "") -> str | None:

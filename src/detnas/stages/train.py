@@ -40,6 +40,7 @@ from detnas.distributed import (
 from detnas.errors import UserError
 from detnas.model.amp import AmpSetting, autocast, grad_scaler, resolve_amp
 from detnas.model.flops import sample_arch
+from detnas.model.layout import apply_layout
 from detnas.model.space import NUM_CHOICES, Arch, SearchSpace, arch_to_str, to_arch
 from detnas.stages.train_log import TrainLog
 
@@ -306,7 +307,8 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
     device, amp, out_dir = dist.device, resolve_amp(amp, dist.device), Path(out_dir)
     _check_can_start(job, schedule, out_dir / CHECKPOINT, resume, dist.world_size)
     torch.manual_seed(seed)
-    model = convert_sync_batchnorm(job.model.to(device), device)
+    # channels-last where it is faster (model/layout.py); the backbone converts its input batches itself
+    model = convert_sync_batchnorm(apply_layout(job.model.to(device), device), device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(param_groups(model, schedule.weight_decay), lr=schedule.lr, momentum=schedule.momentum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule))

@@ -1,0 +1,308 @@
+"""Throughput of the project's workloads against what the machine can do: images/s and achieved
+GFLOP/s next to the machine's own float32 (and bf16, where the CPU has it) GEMM peak, measured in the
+same run; with ``--layout nchw,channels_last`` the memory layouts side by side, and their ratio
+(model/layout.py; ``+tvroi``: with torchvision's RoIAlign instead of model/roi_align.py; ``@N``: N threads).
+
+Workloads (the demo's settings, from the packaged demo config through ``_common.demo_settings``; batches
+of the demo's own images; the real jobs' losses and ``train.train_step``):
+
+- ``pretrain32``: a supernet pretraining step at the demo's 32 px, batch 64 (its ``pretrain_job``)
+- ``pretrain224``: the same at 224 px, batch 16 (the images upsampled)
+- ``finetune128``: a supernet detection finetuning step, the demo's FPN Faster R-CNN at 128 px, batch 8
+- ``evaluate``: the search's fitness minus COCOeval: extract one path, recalibrate its BN on the demo's
+  ``fitness.recalib_images`` (batches of ``fitness.batch_size``), detect on ``--eval-images`` of the
+  search split (``evaluate.recalibrated_path`` + ``predict_batches``), on the freshly initialised supernet
+
+Each repetition draws the next of ``--paths`` training paths (``train.path_for_step`` after growth) and
+runs every variant on it, in alternating order (A B, B A, ...), after a warm-up; times are medians.
+``OMP_WAIT_POLICY`` is PASSIVE unless set, as under ``detnas``.
+GFLOP/s = 2 x MACs (``flops.arch_cost`` / ``detector_flops.detector_macs``, exact conv + linear counts)
+per second; a training step counts its forward 3 times (forward + backward). The detector's box head
+is counted for ``box_batch_size_per_image`` RoIs per training image and for ``rpn_post_nms_top_n_test``
+proposals per evaluated image (an upper bound). RoIAlign, NMS, BN and ReLU are not counted.
+The ratio column: the median over repetitions of (time of the first variant / time of this one), with
+the 25-75% range of those paired ratios. Data loading is not timed (batches are decoded once).
+
+    .venv/bin/python benchmarks/throughput.py [--layout nchw,channels_last] [--reps 1.0] [--threads N]
+        [--workloads pretrain32,pretrain224,finetune128,evaluate]
+    .venv/bin/python benchmarks/throughput.py --layout nchw+tvroi,nchw,channels_last   # before / layout / after
+    .venv/bin/python benchmarks/throughput.py --layout channels_last@1,channels_last@2 --workloads pretrain32
+"""
+
+from __future__ import annotations
+
+import os
+
+# as `detnas` itself sets it (cli/__init__.py), before torch starts OpenMP: on a busy machine, spinning
+# threads made a 32 px training step 10-25x slower (BENCHMARKS.md)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import contextlib
+import copy
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torchvision.ops import MultiScaleRoIAlign
+
+from _common import SOURCE, demo_finetune, demo_settings
+from detnas.data.detection import collate
+from detnas.data.holdout import carve_holdout
+from detnas.data.sources import load_training_set
+from detnas.data.transforms import DetectionTransform
+from detnas.model.detector import set_path
+from detnas.model.detector_flops import detector_macs
+from detnas.model.evaluate import predict_batches, recalibrated_path
+from detnas.model.flops import arch_cost
+from detnas.model.layout import LAYOUT_ENV, apply_layout, resolve_layout
+from detnas.stages.jobs import finetune_job, pretrain_job
+from detnas.stages.train import param_groups, path_for_step, train_step
+
+# repetitions at --reps 1 (and warm-up rounds): 3 variants in about 4-5 minutes on 2 busy cores
+REPS = {"pretrain32": (30, 3), "pretrain224": (6, 1), "finetune128": (20, 2), "evaluate": (8, 1)}
+
+
+def gemm_peak(dtype: torch.dtype, n: int, reps: int) -> tuple[float, float]:
+    """(median, best) GFLOP/s of an n x n matrix product in ``dtype``."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    rates = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        rates.append(2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return statistics.median(rates), max(rates)
+
+
+def bf16_supported() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+class Variant:
+    """What is compared: a layout (``nchw``, ``channels_last``, ``auto``), with ``+tvroi`` torchvision's own
+    ``MultiScaleRoIAlign`` in the detector instead of ours (``nchw+tvroi``: the code before both), with
+    ``@N`` N intra-op threads (else torch's default)."""
+
+    def __init__(self, text: str, again: bool = False):
+        text, _, threads = text.partition("@")
+        layout, _, roi = text.partition("+")
+        if roi not in ("", "tvroi") or not (threads == "" or threads.isdigit()):
+            raise SystemExit(f"--layout {text}: expected LAYOUT[+tvroi][@THREADS]")
+        self.layout, self.tv_roi, self.threads = resolve_layout(layout), roi == "tvroi", int(threads or 0)
+        self.label = (self.layout + (", torchvision RoIAlign" if self.tv_roi else "")
+                      + (f", {self.threads} thread(s)" if self.threads else "") + (" (again)" if again else ""))
+
+    def timed(self, run):
+        """``run`` with this variant's thread count (torch's default restored after)."""
+        if not self.threads:
+            return run
+
+        def with_threads(arch):
+            default = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+            try:
+                run(arch)
+            finally:
+                torch.set_num_threads(default)
+        return with_threads
+
+    def model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A copy of ``model`` in this variant."""
+        return self.pooler(apply_layout(copy.deepcopy(model), setting=self.layout))
+
+    def pooler(self, detector: torch.nn.Module) -> torch.nn.Module:
+        heads = getattr(detector, "roi_heads", None)
+        if self.tv_roi and heads is not None:
+            p = heads.box_roi_pool
+            heads.box_roi_pool = MultiScaleRoIAlign(p.featmap_names, p.output_size, p.sampling_ratio,
+                                                    canonical_scale=p.canonical_scale,
+                                                    canonical_level=p.canonical_level)
+        return detector
+
+
+def training_case(job, batch, archs, flops_per_image, n_images):
+    """A step function per variant that trains ``job``'s model on ``batch`` along a given path."""
+    def make(variant: Variant):
+        model = variant.model(job.model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(param_groups(model, 1e-4), lr=1e-4, momentum=0.9)
+
+        def step(arch):
+            torch.manual_seed(0)  # the same RoI and anchor sampling in every variant
+            train_step(model, job, batch, arch, torch.device("cpu"), params, optimizer, None)
+        return step
+    return make, {a: 3 * flops_per_image(a) * n_images for a in archs}, n_images
+
+
+def pretrain_case(demo, archs_from, image_size: int, batch_size: int, n_paths: int):
+    cfg = demo.pretrain_config()
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_size": image_size})})
+    job = pretrain_job(cfg)
+    items = [job.dataset[i] for i in range(batch_size)]
+    batch = torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+    space, classes = job.model.space, len(job.meta["classes"])
+    archs = archs_from(space, cfg.seed, cfg.grow_iters, cfg.sampling, n_paths)
+    return training_case(job, batch, archs, lambda a: 2 * arch_cost(space, a, image_size, classes).full_flops,
+                         batch_size)
+
+
+def detector_flops(model, archs, size: int, rois: int) -> dict:
+    """{arch: (backbone, detector per training image, detector per evaluated image)} FLOPs."""
+    out = {}
+    for a in archs:
+        set_path(model, a)
+        m = detector_macs(model, size)
+        per_roi = m["box_head"] / model.rpn._post_nms_top_n["testing"]
+        out[a] = (2 * m["backbone"], 2 * (m["total"] - m["box_head"] + rois * per_roi), 2 * m["total"])
+    return out
+
+
+def finetune_setup(demo, tmp: Path):
+    cfg = demo_finetune(demo)
+    job = finetune_job(cfg, tmp)
+    return cfg, job
+
+
+def finetune_case(demo, archs_from, n_paths: int, tmp: Path):
+    cfg, job = finetune_setup(demo, tmp)
+    batch = collate([job.dataset[i] for i in range(cfg.train.batch_size)])
+    archs = archs_from(job.model.backbone.body.space, cfg.seed, 0, cfg.sampling, n_paths)
+    flops = detector_flops(job.model, archs, cfg.detector.min_size, cfg.detector.box_batch_size_per_image)
+    return training_case(job, batch, archs, lambda a: flops[a][1], cfg.train.batch_size)
+
+
+def evaluate_case(demo, archs_from, n_paths: int, eval_images: int, tmp: Path):
+    cfg, job = finetune_setup(demo, tmp)
+    det, bs = cfg.detector, demo.fitness.batch_size
+    n_classes = len(job.meta["classes"])
+    train = job.dataset.with_transform(DetectionTransform(det.min_size, det.max_size, flip=False))
+    recalib = [collate([train[i] for i in range(s, min(s + bs, demo.fitness.recalib_images))])[0]
+               for s in range(0, demo.fitness.recalib_images, bs)]
+    # the search split: the detection training images that finetuning holds out (carved as finetune_job does)
+    full = load_training_set(cfg.data.train, train.transform, cfg.seed)
+    _, held = carve_holdout(len(full), cfg.data.holdout.size, cfg.data.holdout.seed,
+                            cfg.data.train.annotations or cfg.data.train.root)
+    search = full.subset(held)
+    evals = [collate([search[i] for i in range(s, min(s + bs, eval_images))]) for s in range(0, eval_images, bs)]
+    archs = archs_from(job.model.backbone.body.space, cfg.seed, 0, cfg.sampling, n_paths)
+    flops = detector_flops(job.model, archs, det.min_size, det.box_batch_size_per_image)
+    n_recalib = sum(len(b) for b in recalib)
+
+    def make(variant: Variant):
+        model = variant.model(job.model)
+
+        def candidate(arch):
+            with _layout(variant.layout):  # the extracted path's layout (model/layout.py)
+                sub = recalibrated_path(model, arch, n_classes, det, recalib)
+            predict_batches(variant.pooler(sub), evals)
+        return candidate
+    return make, {a: n_recalib * flops[a][0] + eval_images * flops[a][2] for a in archs}, n_recalib + eval_images
+
+
+@contextlib.contextmanager
+def _layout(layout: str):
+    saved = os.environ.get(LAYOUT_ENV)
+    os.environ[LAYOUT_ENV] = layout
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[LAYOUT_ENV]
+        else:
+            os.environ[LAYOUT_ENV] = saved
+
+
+def training_paths(space, seed, first_step, sampling, n):
+    return [path_for_step(space, seed, first_step + k, sampling) for k in range(n)]
+
+
+def interleaved(makers: dict, archs: list, reps: int, warmup: int) -> dict[str, list[float]]:
+    names = list(makers)
+    for i in range(warmup):
+        for name in names:
+            makers[name](archs[i % len(archs)])
+    times = {name: [] for name in names}
+    for i in range(reps):
+        for name in names if i % 2 == 0 else names[::-1]:  # alternate the order: no position bias
+            t0 = time.perf_counter()
+            makers[name](archs[i % len(archs)])
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--layout", default="auto",
+                    help="comma-separated variants to compare: nchw, channels_last, auto (what a run resolves), "
+                         "each optionally +tvroi (torchvision's RoIAlign in the detector) and @N (N threads); "
+                         "default: auto")
+    ap.add_argument("--workloads", default=",".join(REPS), help=f"comma-separated, of {', '.join(REPS)}")
+    ap.add_argument("--reps", type=float, default=1.0, help="scale the repetitions of every workload (e.g. 3)")
+    ap.add_argument("--paths", type=int, default=4, help="training paths cycled through")
+    ap.add_argument("--eval-images", type=int, default=50, help="search-split images per evaluated candidate")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--gemm", type=int, default=2048, help="matrix size of the GEMM peak")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variants, texts = [], args.layout.split(",")
+    for i, text in enumerate(texts):  # a variant given twice is timed twice: an A/A control, the noise floor
+        variants.append(Variant(text, again=text in texts[:i]))
+    workloads = args.workloads.split(",")
+    demo = demo_settings()
+    t_start = time.perf_counter()
+    peaks = {"fp32": gemm_peak(torch.float32, args.gemm, 10)}
+    if bf16_supported():
+        peaks["bf16"] = gemm_peak(torch.bfloat16, args.gemm, 10)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = {
+            "pretrain32": lambda: pretrain_case(demo, training_paths, demo.classification.image_size,
+                                                demo.pretrain.train.batch_size, args.paths),
+            "pretrain224": lambda: pretrain_case(demo, training_paths, 224, 16, args.paths),
+            "finetune128": lambda: finetune_case(demo, training_paths, args.paths, Path(tmp)),
+            "evaluate": lambda: evaluate_case(demo, training_paths, args.paths, args.eval_images, Path(tmp)),
+        }
+        for name in workloads:
+            make, flops, n_images = cases[name]()
+            archs = list(flops)
+            reps, warmup = max(2, round(REPS[name][0] * args.reps)), REPS[name][1]
+            times = interleaved({v.label: v.timed(make(v)) for v in variants}, archs, reps, warmup)
+            mean_flops = statistics.mean(flops[archs[i % len(archs)]] for i in range(reps))
+            for v in variants:
+                q1, med, q3 = quartiles(times[v.label])
+                ratios = [a / b for a, b in zip(times[variants[0].label], times[v.label])]
+                rows.append((name, v.label, n_images, reps, med, q1, q3, mean_flops, quartiles(ratios)))
+            print(f"{name}: done ({time.perf_counter() - t_start:.0f} s)", flush=True)
+    peaks_end = {"fp32": gemm_peak(torch.float32, args.gemm, 10)}
+    if "bf16" in peaks:
+        peaks_end["bf16"] = gemm_peak(torch.bfloat16, args.gemm, 10)
+
+    print(f"\nsettings: {SOURCE}; torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, oneDNN {torch.backends.mkldnn.is_available()}, "
+          f"bf16 GEMM {bf16_supported()}; wall {time.perf_counter() - t_start:.0f} s\n")
+    print(f"GEMM peak ({args.gemm}x{args.gemm}, 10 reps, at the start / at the end): " + "; ".join(
+        f"{k} median {peaks[k][0]:.0f} / {peaks_end[k][0]:.0f} GFLOP/s, best {peaks[k][1]:.0f} / {peaks_end[k][1]:.0f}"
+        for k in peaks) + "\n")
+    fp32 = statistics.median([peaks["fp32"][0], peaks_end["fp32"][0]])
+    print(f"| workload | variant | images per rep | reps | s per rep: median (25-75%) | images/s | GFLOP/s "
+          f"| % of fp32 GEMM ({fp32:.0f}) | speed-up vs {variants[0].label}: median (25-75%) |")
+    print("|---|---|---:|---:|---|---:|---:|---:|---|")
+    for name, layout, n, reps, med, q1, q3, flops, (r1, r2, r3) in rows:
+        print(f"| {name} | {layout} | {n} | {reps} | {med:.3f} ({q1:.3f}-{q3:.3f}) | {n / med:.1f} "
+              f"| {flops / med / 1e9:.1f} | {flops / med / 1e9 / fp32 * 100:.1f}% "
+              f"| {r2:.2f}x ({r1:.2f}-{r3:.2f}) |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The FPN Faster R-CNN's multi-level RoIAlign on the CPU as one gather.
+
+torchvision's CPU RoIAlign is scalar code: with its backward it took about a sixth of a demo finetuning
+step, which runs 1.12x as fast with this one (``benchmarks/throughput.py``, BENCHMARKS.md). Each output
+bin is the mean of ``sampling_ratio``² bilinear samples, i.e. a weighted sum of 4 x ``sampling_ratio``²
+feature vectors; ``F.embedding_bag`` sums them from the pyramid's levels seen as one (pixels, channels)
+table (for channels-last maps each level's part of it is a free view), and its backward is a scatter-add
+of whole channel vectors. The sample points, their clamping at the borders and the bilinear weights are
+torchvision's (``aligned=False``, as ``MultiScaleRoIAlign`` uses it), so the two agree to float rounding
+(``tests/test_channels_last.py``). Inference takes as long either way.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.poolers import LevelMapper, _filter_input, _setup_scales
+
+
+def _axis(v: Tensor, size: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """torchvision's bilinear_interpolate along one axis: (inside, low, high, weight of low, of high)."""
+    inside = (v >= -1.0) & (v <= size)
+    v = v.clamp(min=0)
+    low = v.floor().long()
+    edge = low >= size - 1
+    low = torch.where(edge, size - 1, low)
+    high = torch.where(edge, size - 1, low + 1)
+    frac = torch.where(edge, 0.0, v - low)
+    return inside, low, high, 1 - frac, frac
+
+
+def sample_table(rois: Tensor, scale: Tensor, height: Tensor, width: Tensor, base: Tensor,
+                 output_size: tuple[int, int], sampling_ratio: int) -> tuple[Tensor, Tensor]:
+    """For every RoI bin, the rows of the feature table its samples read and their weights:
+    ``(R * oh * ow, 4 * sr * sr)`` each. ``rois`` (R, 4) in image pixels; per RoI: ``scale`` of its
+    level, ``height``/``width`` of its map, ``base``: the table row of its map's pixel (0, 0)."""
+    oh, ow = output_size
+    sr = sampling_ratio
+    r = rois.shape[0]
+    x1, y1, x2, y2 = (rois[:, i] * scale for i in range(4))
+    bin_h = (y2 - y1).clamp(min=1.0) / oh
+    bin_w = (x2 - x1).clamp(min=1.0) / ow
+    steps = (torch.arange(sr, dtype=rois.dtype, device=rois.device) + 0.5) / sr
+    ys = y1[:, None, None] + (torch.arange(oh, device=rois.device)[:, None] + steps) * bin_h[:, None, None]
+    xs = x1[:, None, None] + (torch.arange(ow, device=rois.device)[:, None] + steps) * bin_w[:, None, None]
+    shape = (r, 1, 1)
+    in_y, y_lo, y_hi, wy_lo, wy_hi = _axis(ys, height.view(shape))  # each (R, oh, sr)
+    in_x, x_lo, x_hi, wx_lo, wx_hi = _axis(xs, width.view(shape))  # each (R, ow, sr)
+
+    def y(t: Tensor) -> Tensor:
+        return t[:, :, None, :, None]  # (R, oh, 1, sr, 1)
+
+    def x(t: Tensor) -> Tensor:
+        return t[:, None, :, None, :]  # (R, 1, ow, 1, sr)
+
+    row = base.view(r, 1, 1, 1, 1)
+    w = width.view(r, 1, 1, 1, 1)
+    index = torch.stack([row + y(y_lo) * w + x(x_lo), row + y(y_lo) * w + x(x_hi),
+                         row + y(y_hi) * w + x(x_lo), row + y(y_hi) * w + x(x_hi)], -1)
+    inside = (y(in_y) & x(in_x)).to(rois.dtype) / (sr * sr)
+    weight = torch.stack([y(wy_lo) * x(wx_lo), y(wy_lo) * x(wx_hi),
+                          y(wy_hi) * x(wx_lo), y(wy_hi) * x(wx_hi)], -1) * inside[..., None]
+    return index.reshape(r * oh * ow, -1), weight.reshape(r * oh * ow, -1)
+
+
+def multiscale_roi_align(features: list[Tensor], boxes: list[Tensor], output_size: tuple[int, int],
+                         sampling_ratio: int, scales: list[float], mapper: LevelMapper) -> Tensor:
+    """What torchvision's ``_multiscale_roi_align`` returns, (R, C, oh, ow), with one gather."""
+    channels = features[0].shape[1]
+    rois = torch.cat(boxes)
+    image = torch.cat([torch.full((len(b),), i, device=rois.device) for i, b in enumerate(boxes)])
+    if rois.shape[0] == 0:
+        return features[0].new_zeros((0, channels, *output_size))
+    level = mapper(boxes) if len(features) > 1 else torch.zeros_like(image)
+    sizes = torch.tensor([f.shape[2:] for f in features], device=rois.device)
+    pixels = torch.tensor([f.shape[0] * f.shape[2] * f.shape[3] for f in features], device=rois.device)
+    first_row = pixels.cumsum(0) - pixels
+    height, width = sizes[level, 0], sizes[level, 1]
+    base = first_row[level] + image * height * width
+    scale = torch.tensor(scales, dtype=rois.dtype, device=rois.device)[level]
+    index, weight = sample_table(rois, scale, height, width, base, output_size, sampling_ratio)
+    table = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, channels) for f in features])
+    out = F.embedding_bag(index, table, per_sample_weights=weight.to(table.dtype), mode="sum")
+    return out.view(rois.shape[0], *output_size, channels).permute(0, 3, 1, 2)
+
+
+class GatherMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """torchvision's ``MultiScaleRoIAlign`` (same arguments and results), gathering on the CPU;
+    on other devices, with an adaptive sampling ratio, and when traced (ONNX) it is torchvision's."""
+
+    def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
+        features = _filter_input(x, self.featmap_names)
+        if features[0].device.type != "cpu" or self.sampling_ratio <= 0 or torch.jit.is_tracing():
+            return super().forward(x, boxes, image_shapes)
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
+                                                         self.canonical_level)
+        return multiscale_roi_align(features, boxes, tuple(self.output_size), self.sampling_ratio, self.scales,
+                                    self.map_levels)
