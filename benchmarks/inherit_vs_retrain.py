@@ -10,6 +10,7 @@ For the searched, random-search and baseline architectures of the run, on its te
 Each cell is test AP (%) as mean ± standard deviation over seeds, with the minutes per training.
 
     .venv/bin/python benchmarks/inherit_vs_retrain.py --run runs/demo --seeds 3
+    .venv/bin/python benchmarks/inherit_vs_retrain.py --run runs/demo --iters 60 --out runs/demo/inherit60
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ def supernet_test_ap(run: Path, cfg: PipelineConfig, archs: dict[str, tuple]) ->
             for name, arch in archs.items()}
 
 
+def scaled(schedule, iters: int | None, lr: float | None):
+    """``schedule`` shortened (or lengthened) to ``iters`` steps, its warm-up scaled alike, at ``lr``."""
+    update = {} if lr is None else {"lr": lr}
+    if iters is not None:
+        update |= {"iters": iters, "warmup_iters": round(schedule.warmup_iters * iters / schedule.iters)}
+    return schedule.model_copy(update=update)
+
+
 def inherited(run: Path, cfg: PipelineConfig, archs: dict[str, tuple], seeds: int, out: Path) -> dict:
     """``{name: [(test AP, minutes), ...]}`` of the inherited-and-finetuned networks, ``seeds`` each."""
     recipe = cfg.retrain.model_copy(update={"inherit": True, "pretrain": None})
@@ -96,12 +105,18 @@ def main() -> None:
     ap.add_argument("--run", type=Path, required=True, help="a finished pipeline run folder (config.yaml, finetune/)")
     ap.add_argument("--seeds", type=int, default=3, help="inherited finetunings per architecture")
     ap.add_argument("--out", type=Path, default=None, help="where the inherited runs go (default: RUN/inherit)")
+    ap.add_argument("--iters", type=int, default=None, help="inherited finetuning steps (default: the run's "
+                    "retrain.train; its warm-up scaled alike)")
+    ap.add_argument("--lr", type=float, default=None, help="inherited finetuning lr (default: the run's)")
+    ap.add_argument("--only", action="append", choices=NAMES, help="these networks only (repeatable)")
     args = ap.parse_args()
     cfg = validate(PipelineConfig, yaml.safe_load((args.run / "config.yaml").read_text()), args.run / "config.yaml")
-    archs = candidates(args.run, cfg)
+    retrain = cfg.retrain.model_copy(update={"train": scaled(cfg.retrain.train, args.iters, args.lr)})
+    scratch = retrained(args.run, cfg)
+    cfg = cfg.model_copy(update={"retrain": retrain})
+    archs = {name: arch for name, arch in candidates(args.run, cfg).items() if not args.only or name in args.only}
     own = supernet_test_ap(args.run, cfg, archs)
     inh = inherited(args.run, cfg, archs, args.seeds, args.out or args.run / "inherit")
-    scratch = retrained(args.run, cfg)
     schedule = cfg.retrain.train
     print(f"\nTest AP (%), mean ± std (seeds; minutes per training). Inherited: {schedule.iters} detection steps, "
           f"lr {schedule.lr:g}, from the supernet in {args.run / FINETUNE_DIR}.\n")

@@ -111,7 +111,8 @@ def _work(cfg: PipelineConfig, name: str, workers: int) -> str:
     parts = []
     if cfg.retrain.pretrain is not None and cfg.classification is not None:
         parts.append("pretrain " + training(cfg.retrain.pretrain))
-    return ", ".join([*parts, "detector " + training(cfg.retrain.train)])
+    start = "from the supernet's weights" if cfg.retrain.inherit else "detector"
+    return ", ".join([*parts, f"{start} " + training(cfg.retrain.train)])
 
 
 def _state(folder: Path) -> str:
