@@ -47,3 +47,8 @@ def test_near_chance_is_judged_against_the_gap_to_perfect_for_every_class_count(
         chance = 1 / classes
         assert not near_chance(learned, chance), (classes, learned)
         assert near_chance(not_learned, chance), (classes, not_learned)
+
+
+def test_the_verdict_against_the_random_search_names_it():
+    text = seed_verdict([0.30, 0.33], [0.30, 0.31], "the random search best")  # +1 AP, spread 2.12
+    assert text.startswith("The searched network does not beat the random search best by more than the seed spread")

@@ -90,8 +90,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def seed_verdict(searched: list[float], baseline: list[float]) -> str:
-    """Does the searched network beat the baseline by more than the seed spread? In words, AP in %."""
+def seed_verdict(searched: list[float], baseline: list[float], other: str = "the ShuffleNetV2 baseline") -> str:
+    """Does the searched network beat ``other`` (the baseline, or the random search's best) by more than
+    the seed spread? In words, AP in %."""
     if len(searched) < 2 or len(baseline) < 2:
         return ("With one seed per network, the difference cannot be told from seed noise: set "
                 "`retrain.seeds` to 2 or more.")
@@ -99,10 +100,10 @@ def seed_verdict(searched: list[float], baseline: list[float]) -> str:
     spread = max(sd_s, sd_b)
     diff = m_s - m_b
     if diff > spread:
-        return (f"The searched network beats the ShuffleNetV2 baseline by {100 * diff:.2f} AP, more than the seed "
+        return (f"The searched network beats {other} by {100 * diff:.2f} AP, more than the seed "
                 f"spread ({100 * spread:.2f} AP, the larger standard deviation over {min(len(searched), len(baseline))}"
                 " seeds).")
-    return (f"The searched network does not beat the ShuffleNetV2 baseline by more than the seed spread: "
+    return (f"The searched network does not beat {other} by more than the seed spread: "
             f"{100 * diff:+.2f} AP against a spread of {100 * spread:.2f} AP (the larger standard deviation over "
             f"{min(len(searched), len(baseline))} seeds).")
 
@@ -135,6 +136,8 @@ def _retrained(out: Path, seeds: int, inherit: bool) -> list[str]:
               f"recalibration; test AP is after {start} (seeds: its number of trainings with different seeds).", ""]
     if "searched" in aps and "baseline" in aps:
         lines += [f"**{seed_verdict(aps['searched'], aps['baseline'])}**", ""]
+    if "searched" in aps and "random" in aps:  # did the evolution find more than random sampling would?
+        lines += [f"**{seed_verdict(aps['searched'], aps['random'], 'the random search best')}**", ""]
     return lines
 
 
