@@ -2,7 +2,6 @@
 to float rounding: supernet outputs and gradients, the detector's features, losses and gradients, and
 a path against its extracted network in either layout."""
 
-import numpy as np
 import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign
@@ -12,8 +11,9 @@ from detnas.model.detector import DetectorConfig, build_detector, extract_detect
 from detnas.model.evaluate import recalibrated_path
 from detnas.model.layout import FORMATS, LAYOUT_ENV, apply_layout, is_channels_last, layout_of, resolve_layout
 from detnas.model.roi_align import GatherMultiScaleRoIAlign
-from detnas.model.space import NUM_CHOICES, arch_to_str, get_space, to_arch
+from detnas.model.space import NUM_CHOICES, arch_to_str, get_space
 from detnas.model.supernet import STAGE_NAMES, ShuffleNetBackbone
+from test_supernet import random_archs, randomize_bn
 
 CL = torch.channels_last
 # Every anchor reaches NMS and every proposal the box head: an untrained RPN's scores nearly tie, and
@@ -21,22 +21,6 @@ CL = torch.channels_last
 TINY = DetectorConfig(kind="fpn", fpn_channels=16, box_head_channels=32, anchor_size=8, min_size=64, max_size=64,
                       rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=2000, rpn_pre_nms_top_n_test=100,
                       rpn_post_nms_top_n_test=20, box_batch_size_per_image=8000)
-
-
-def randomize_bn(module, seed):
-    """Non-trivial BN statistics and affine parameters, so that eval-mode outputs are not all alike."""
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-
-
-def archs(space, n, seed):
-    rng = np.random.default_rng(seed)
-    return [to_arch(rng.integers(0, NUM_CHOICES, space.num_blocks)) for _ in range(n)]
 
 
 def assert_as_accurate(make, run, what: str, floors: dict[str, float] | None = None) -> None:
@@ -99,7 +83,7 @@ def test_the_backbone_converts_its_input_and_every_block_output_is_channels_last
     for choices in net.blocks:
         for block in choices:
             block.register_forward_hook(lambda _m, _i, out: outputs.append(out))
-    feats = net(torch.randn(2, 3, 64, 64), archs(space, 1, 0)[0])  # an NCHW batch, as loaders give it
+    feats = net(torch.randn(2, 3, 64, 64), random_archs(space, 1, 0)[0])  # an NCHW batch, as loaders give it
     assert len(outputs) == space.num_blocks
     for i, y in enumerate(outputs):
         assert y.is_contiguous(memory_format=CL), f"block {i} output {tuple(y.shape)} strides {y.stride()}"
@@ -118,7 +102,7 @@ def test_supernet_classification_outputs_and_gradients_match_nchw(train):
 
     batch = 16 if train else 4  # train mode: enough images that BN's batch statistics are not chaotic
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    for arch in archs(space, 1, seed=5):
+    for arch in random_archs(space, 1, seed=5):
         def run(net, dtype, arch=arch):
             net.train(train)
             logits = net.classify(x.to(dtype), arch)
@@ -143,7 +127,7 @@ def detection_batch(n=2, size=64, seed=0):
 
 def test_detector_features_losses_and_gradients_match_nchw():
     space = get_space("small")
-    arch = archs(space, 1, seed=7)[0]
+    arch = random_archs(space, 1, seed=7)[0]
     images, targets = detection_batch()
 
     def make():
@@ -181,7 +165,7 @@ def test_path_equals_its_extracted_network_in_either_layout(layout):
     randomize_bn(supernet, 1)
     supernet.eval()
     x = torch.randn(2, 3, 32, 64)
-    for arch in archs(space, 1, seed=11):
+    for arch in random_archs(space, 1, seed=11):
         subnet = supernet.subnet(arch)
         assert layout_of(subnet) == layout  # the extracted network takes the supernet's layout
         with torch.no_grad():
@@ -191,7 +175,7 @@ def test_path_equals_its_extracted_network_in_either_layout(layout):
             assert torch.equal(supernet.classify(x, arch), subnet.classify(x))
     detector = apply_layout(build_detector(ShuffleNetBackbone(space), 2, TINY), setting=layout)
     randomize_bn(detector, 3)
-    arch = archs(space, 1, seed=12)[0]
+    arch = random_archs(space, 1, seed=12)[0]
     sub = extract_detector(detector, arch, 2, TINY)
     assert layout_of(sub) == layout
     set_path(detector.eval(), arch)
@@ -205,7 +189,7 @@ def test_recalibrated_path_scores_alike_in_both_layouts(monkeypatch):
     torch.manual_seed(0)
     space = get_space("small")
     detector = build_detector(ShuffleNetBackbone(space), 2, TINY)
-    arch = archs(space, 1, seed=4)[0]
+    arch = random_archs(space, 1, seed=4)[0]
     recalib = [detection_batch(2, seed=s)[0] for s in range(2)]
     images = detection_batch(2, seed=9)[0]
     subs = {}
