@@ -50,9 +50,9 @@ def supernet_test_ap(run: Path, cfg: PipelineConfig, archs: dict[str, tuple]) ->
     evaluator = SupernetEvaluator(run / FINETUNE_DIR, cfg.fitness, workers=0)
     det = cfg.detector
     test = load_detection(cfg.detection.test).with_transform(DetectionTransform(det.min_size, det.max_size, False))
-    batches = CachedBatches(test, cfg.fitness.batch_size, collate)
+    batches, gt = CachedBatches(test, cfg.fitness.batch_size, collate), test.to_coco()
     return {name: evaluate_detection_path(evaluator.detector, arch, len(evaluator.classes), det, evaluator.recalib,
-                                          batches, test.to_coco(), cfg.fitness.recalib_mode)["AP"]
+                                          batches, gt, cfg.fitness.recalib_mode)["AP"]
             for name, arch in archs.items()}
 
 

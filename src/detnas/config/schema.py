@@ -392,5 +392,6 @@ class PipelineConfig(SpaceConfig):
 
     def rank_check_config(self, finetune_dir: Path, include: list[str]) -> RankCheckStageConfig:
         return RankCheckStageConfig(supernet=finetune_dir, fitness=self.fitness, search=self.search,
-                                    retrain=self.retrain_config(finetune_dir), rank_check=self.rank_check or RankCheckRecipe(),
+                                    retrain=self.retrain_config(finetune_dir),
+                                    rank_check=self.rank_check or RankCheckRecipe(),
                                     include=include)
