@@ -8,7 +8,9 @@ retraining: this is the cheap loop for supernet recipes.
     .venv/bin/python benchmarks/supernet_seeds.py --recipe fair --seeds 4 --out /tmp/agree
 
 Recipes (on top of the packaged demo config): ``grown`` is the demo's own; ``fair`` adds FairNAS's
-strict fairness (``sampling.fair``); ``long`` doubles both schedules. Runs are kept in ``--out`` and
+strict fairness (``sampling.fair``); ``authors`` trains path-wise from the start (no growth, the
+authors' recipe); ``long`` doubles both schedules; ``large`` finetunes and scores at 192 px instead
+of 128 (the c5 map 6x6 instead of 4x4, anchors scaled alike), about 1.9x the demo's supernet compute. Runs are kept in ``--out`` and
 reused: rerunning prints the table again, and a new recipe adds its rows.
 """
 
@@ -38,6 +40,13 @@ def recipe(demo: PipelineConfig, name: str) -> PipelineConfig:
         return demo
     if name == "fair":
         return demo.model_copy(update={"sampling": demo.sampling.model_copy(update={"fair": True})})
+    if name == "authors":
+        return demo.model_copy(update={"pretrain": demo.pretrain.model_copy(update={"grow_iters": 0})})
+    if name == "large":
+        side = 192
+        detector = demo.detector.model_copy(update={
+            "min_size": side, "max_size": side, "anchor_size": demo.detector.anchor_size * side // demo.detector.min_size})
+        return demo.model_copy(update={"detector": detector})
     if name == "long":
         def doubled(schedule):
             return schedule.model_copy(update={"iters": 2 * schedule.iters,
@@ -45,7 +54,7 @@ def recipe(demo: PipelineConfig, name: str) -> PipelineConfig:
         pretrain = demo.pretrain.model_copy(update={"train": doubled(demo.pretrain.train),
                                                     "grow_iters": 2 * demo.pretrain.grow_iters})
         return demo.model_copy(update={"pretrain": pretrain, "finetune": doubled(demo.finetune)})
-    raise SystemExit(f"unknown recipe {name!r}: grown, fair or long")
+    raise SystemExit(f"unknown recipe {name!r}: grown, fair, authors, long or large")
 
 
 def archs_to_score(demo: PipelineConfig, n: int) -> list[tuple]:
@@ -98,7 +107,7 @@ def pairwise(scores: list[dict[str, float]], archs: list[str], k: int) -> list[f
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--recipe", action="append", required=True, help="grown, fair or long (repeatable)")
+    ap.add_argument("--recipe", action="append", required=True, help="grown, fair, authors, long or large (repeatable)")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--archs", type=int, default=12, help="architectures scored by every supernet")
     ap.add_argument("--out", type=Path, required=True)
