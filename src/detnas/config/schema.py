@@ -1,7 +1,7 @@
 """Every stage's config schema, validated at the door: pretraining, finetuning, search, retraining and
 the whole pipeline (which derives the configs of its stages from its own).
 
-Defaults follow the authors' recipes (SPEC sections 4 and 5) scaled down for small data on a CPU.
+Defaults follow the authors' recipes (the DetNAS paper and its code) scaled down for small data on a CPU.
 ``detector.DetectorConfig`` (the detector's shape) stays beside the model it builds.
 """
 
@@ -52,6 +52,9 @@ class ScheduleConfig(StrictModel):
     decay: Literal["linear", "step"] = "linear"
     milestones: list[int] = []  # with decay: step
     grad_clip: float | None = Field(None, gt=0)
+    # the whole batch (all workers) lr was set for: a dry run with another world size x batch_size
+    # warns and gives the linearly scaled lr
+    lr_batch: int | None = Field(None, ge=1)
 
     @field_validator("batch_size")
     @classmethod
@@ -236,7 +239,7 @@ class RetrainConfig(FinetuneConfig):
 
 
 class SearchConfig(StrictModel):
-    """Search hyper-parameters; defaults are the authors' (SPEC section 4)."""
+    """Search hyper-parameters; defaults are the authors' (the DetNAS paper)."""
 
     # pareto: NSGA-II selection of the parents over (mAP up, FLOPs or latency down), see search/pareto.py
     strategy: Literal["evolution", "random", "pareto"] = "evolution"
@@ -329,10 +332,19 @@ class RankCheckStageConfig(StrictModel):
     include: list[str] = []  # architectures checked first (digits, presets, a search's best.json)
 
 
+class EvaluateConfig(StrictModel):
+    """``detnas evaluate``: the set a retrained detector is scored on."""
+
+    data: DetectionSource
+    batch_size: int = Field(8, ge=1)  # images per forward pass
+
+
 class PipelineConfig(SpaceConfig):
     seed: int = 0
     amp: AmpSetting = "auto"  # every stage's
-    classification: ClassificationData | None = None  # none: supernet without pretraining (DetNAS-scratch)
+    # classification data for pretraining the supernet and the retrained networks (ImageNet in the paper);
+    # none: no pretraining at all, everything trains on the detection data alone (DetNAS-scratch)
+    classification: ClassificationData | None = None
     detection: DetectionData
     detector: DetectorConfig = DetectorConfig()
     pretrain: PretrainRecipe | None = None
