@@ -10,7 +10,23 @@ class UserError(Exception):
 
     def __init__(self, message: str, path: str | Path | None = None):
         self.path = None if path is None else str(path)
+        if path is None:
+            message = _raised_in_data_worker(message, type(self))
         super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+def _raised_in_data_worker(message: str, cls: type) -> str:
+    """The original one line of an error that a DataLoader worker raised (e.g. a truncated image).
+
+    torch passes a worker's exception to the main process as its type and formatted traceback only,
+    and re-raises it as ``cls("Caught <name> in DataLoader worker process <n>.\nOriginal Traceback
+    ...\n<module>.<name>: <message>")``: we keep ``<message>``, what the main process would have said.
+    Any other message is returned as it is."""
+    if not message.startswith(f"Caught {cls.__name__} ") or "\nOriginal Traceback" not in message:
+        return message
+    marker = f"\n{cls.__module__}.{cls.__qualname__}: "
+    at = message.rfind(marker)
+    return message if at < 0 else message[at + len(marker):].strip()
 
 
 def read_json(path: str | Path, what: str):
