@@ -1,8 +1,9 @@
 """``detnas rank-check``: the verdict, the zero-cost baselines and the summary on simulated rankings
 (the statistics themselves: tests/test_rank_stats.py), and the stage on a real (tiny) finetuned supernet:
 its scores are the search's fitness, its standalone numbers are the retrainings' test results, a rerun
-reuses every retraining, another supernet is scored again on the same retrained networks, a retraining
-made with another recipe is refused, and the CLI refuses to overwrite a run."""
+reuses every retraining, another supernet is scored again on the same retrained networks, several
+supernets are compared with each other (with or without retrainings), a retraining made with another
+recipe is refused, and the CLI refuses to overwrite a run."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from detnas.model.space import get_space, parse_arch
 from detnas.model.supernet import ShuffleNetBackbone
 from detnas.model.zero_cost import naswot_score
 from detnas.stages.jobs import finetune_job, run_stage
-from detnas.stages.rank_check import MIN_TAU, rank_verdict, run_rank_check, summarize
+from detnas.stages.rank_check import run_rank_check
 from detnas.stages.rank_stats import kendall_tau
+from detnas.stages.rank_summary import MIN_TAU, rank_verdict, summarize
 from detnas.stages.search import SupernetEvaluator
 from detnas.strict import validate
 
@@ -140,6 +142,28 @@ def test_naswot_is_the_log_determinant_of_the_hamming_kernel():
     kernel = c @ c.T + (1 - c) @ (1 - c).T
     assert kernel[0, 0] == c.shape[1]
     assert score == pytest.approx(float(torch.linalg.slogdet(kernel)[1]), rel=1e-9)
+
+
+def test_several_supernets_their_agreement_and_their_mean_against_the_truth():
+    rng = np.random.default_rng(2)
+    truth = np.linspace(0.2, 0.4, 12)
+    names = [f"{i:020d}" for i in range(12)]
+    supernets = [truth + rng.normal(0, 0.05, 12) for _ in range(4)]
+    others = [{n: {"map": f[i], "ap50": f[i]} for i, n in enumerate(names)} for f in supernets[1:]]
+    s = _summary(supernets[0].tolist(), truth.tolist(), truth.tolist(), names=names, others=others)
+    agreement = s["supernets"]
+    assert agreement["pairwise_tau"][0][1] == pytest.approx(kendall_tau(supernets[0], supernets[1]))
+    assert len(agreement["split_half_tau"]) == 3
+    assert agreement["each_vs_standalone"] == pytest.approx([kendall_tau(f, truth) for f in supernets])
+    mean = np.mean(supernets, axis=0)
+    assert agreement["ensemble_vs_standalone"]["kendall_tau"] == pytest.approx(kendall_tau(mean, truth))
+    assert [r["supernet_maps"] for r in s["archs"]] == [[f[i] for f in supernets] for i in range(12)]
+    assert s["fitness_vs_standalone"]["kendall_tau"] == pytest.approx(kendall_tau(supernets[0], truth))
+    # without retrainings: the agreement alone, and its verdict is the summary's
+    alone = _summary(supernets[0].tolist(), names=names, others=others)
+    assert "fitness_vs_standalone" not in alone and "ensemble_vs_standalone" not in alone["supernets"]
+    assert alone["supernets"]["pairwise_tau"] == agreement["pairwise_tau"]
+    assert alone["verdict"] == alone["supernets"]["verdict"] and "supernets agree at mean tau" in alone["verdict"]
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -297,3 +321,40 @@ def test_cli_rank_check_refuses_to_overwrite_a_run_or_mix_recipes(setup, ranked,
                 "--include", "0" * 20, "--resume")
     line = one_line_error(r, "another retrain recipe (differs in train.iters)")
     assert str(ranked[1] / "nets" / ("0" * 20) / "seed0") in line
+
+
+def test_rank_check_compares_supernets_without_retraining(setup, ranked, tmp_path, capsys):
+    _, supernets, stage = setup
+    with pytest.raises(UserError, match="compares two or more supernets"):
+        validate(RankCheckStageConfig, {**stage, "rank_check": {**stage["rank_check"], "seeds": 0}}, "test")
+    cfg = validate(RankCheckStageConfig, {**stage, "other_supernets": [str(supernets[1])],
+                                          "rank_check": {**stage["rank_check"], "seeds": 0}}, "test")
+    out = tmp_path / "agree"
+    summary = run_rank_check(cfg, out, resume=False)
+    assert not (out / "nets").exists()  # nothing retrained
+    space = get_space("small")
+    second = SupernetEvaluator(supernets[1], cfg.fitness)
+    rows = summary["archs"]
+    assert [r["arch"] for r in rows] == [r["arch"] for r in ranked[2]["archs"]]  # the same plan
+    assert [r["supernet_maps"][1] for r in rows] == [second(parse_arch(r["arch"], space))["map"] for r in rows]
+    tau = kendall_tau(*zip(*(r["supernet_maps"] for r in rows)))
+    assert summary["supernets"]["pairwise_tau"][0][1] == tau or np.isnan(tau)
+    assert summary["supernets"]["folders"] == [str(supernets[0]), str(supernets[1])]
+    assert (out / "rank_scores.1.json").exists() and "supernets" in capsys.readouterr().out
+    # with the first rank check's retrainings: each supernet and their mean against the standalone mAP
+    both = run_rank_check(cfg.model_copy(update={"rank_check": ranked[0].rank_check}), ranked[1], resume=True)
+    assert len(both["supernets"]["each_vs_standalone"]) == 2 and "ensemble_vs_standalone" in both["supernets"]
+
+
+def test_cli_rank_check_takes_several_supernets(setup, ranked, tmp_path):
+    _, supernets, stage = setup
+    config = tmp_path / "pipeline.yaml"
+    _cli_config(config, stage)
+    out = tmp_path / "rc"
+    r = run_cli("rank-check", "--config", config, "--supernet", supernets[0], "--out", out, "--archs", 3, "--seeds", 0)
+    assert one_line_error(r, "compares two or more supernets")
+    r = run_cli("rank-check", "--config", config, "--supernet", supernets[0], "--supernet", supernets[1],
+                "--out", out, "--archs", 3, "--seeds", 0)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "rank_check.json").read_text())
+    assert len(summary["supernets"]["pairwise_tau"]) == 2 and "supernets agree" in r.stdout

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from detnas.errors import UserError
 
+LOCK_FILE = "run.lock"  # every stage: the process using the folder (stages/run_lock.py)
 # training (pretrain, finetune, retrain)
 CHECKPOINT = "checkpoint.pt"
 METRICS_FILE = "metrics.json"  # written last
@@ -72,6 +73,11 @@ def retrain_dir(out: Path, name: str, repeat: int) -> Path:
     """The pipeline's folder for the ``repeat``-th seed of retraining ``name`` (the first keeps the
     folder of runs made before retraining had several seeds)."""
     return Path(out) / RETRAIN_DIR / (name if repeat == 0 else f"{name}-seed{repeat}")
+
+
+def rank_scores_file(out: Path, k: int) -> Path:
+    """The rank check's file of the ``k``-th supernet's fitness (0: ``--supernet``'s first)."""
+    return Path(out) / (RANK_SCORES_FILE if k == 0 else RANK_SCORES_FILE.replace(".json", f".{k}.json"))
 
 
 def rank_net_dir(out: Path, arch: str, k: int) -> Path:

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from detnas.model.amp import AmpSetting
 from detnas.model.detector_config import DetectorConfig
-from detnas.strict import StrictModel
+from detnas.strict import StrictModel, validate
 
 # DataLoader worker processes per training process; "auto" (the default): from the CPU count, see
 # data.loading.data_workers
@@ -183,6 +183,8 @@ class ClassificationRecipe(PretrainRecipe):
 class PretrainConfig(SpaceConfig, ClassificationRecipe):
     seed: int = 0
     amp: AmpSetting = "auto"  # mixed precision: auto (bf16 on GPUs that have it, else off), off, bf16, fp16
+    # starting weights (the classifier's last layer starts fresh): see ``init`` of FinetuneConfig
+    init: Path | None = None
     sampling: SamplingConfig = SamplingConfig()
     logging: LoggingConfig = LoggingConfig()
     eval: EvalConfig = EvalConfig()
@@ -191,7 +193,10 @@ class PretrainConfig(SpaceConfig, ClassificationRecipe):
 class FinetuneConfig(SpaceConfig):
     seed: int = 0
     amp: AmpSetting = "auto"
-    init: Path | None = None  # a pretraining checkpoint (its backbone weights); none = from scratch
+    # the backbone's starting weights; none = from scratch. A supernet, or a standalone network of this
+    # architecture (a supernet's path is taken): our checkpoints, a detnas export's .safetensors, or the
+    # DetNAS authors' released ImageNet models and supernets (see artifacts/init_weights.py)
+    init: Path | None = None
     data: DetectionData
     detector: DetectorConfig = DetectorConfig()
     train: ScheduleConfig
@@ -314,7 +319,9 @@ class RankCheckRecipe(StrictModel):
     """How many architectures the rank check retrains, and how its agreement is summarised."""
 
     archs: int = Field(12, ge=3)  # in all: the included ones (searched, random best, baseline) and draws
-    seeds: int = Field(2, ge=1)  # standalone trainings per architecture; 2 or more measure the seed noise
+    # standalone trainings per architecture; 2 or more measure the seed noise; 0: none, only the agreement
+    # of several supernets (detnas rank-check with --supernet twice or more)
+    seeds: int = Field(2, ge=0)
     topk: int = Field(3, ge=1)  # the hit rate: how many of the fitness's k best are among the k truly best
     # resamples (of the architectures and each one's seeds) for tau's interval; draws of the ceiling's simulation
     bootstrap: int = Field(2000, ge=100)
@@ -325,11 +332,20 @@ class RankCheckStageConfig(StrictModel):
     (the search's), and the retraining recipe they are trained alone with."""
 
     supernet: Path  # the finetuning run folder
+    # more finetuned supernets (other seeds or recipes) scored on the same architectures: how they agree
+    other_supernets: list[Path] = []
     fitness: FitnessConfig = FitnessConfig()
     search: SearchConfig = SearchConfig()  # its budget (FLOPs, params) and seed
     retrain: RetrainConfig
     rank_check: RankCheckRecipe = RankCheckRecipe()
     include: list[str] = []  # architectures checked first (digits, presets, a search's best.json)
+
+    @model_validator(mode="after")
+    def _something_to_compare(self):
+        if self.rank_check.seeds == 0 and not self.other_supernets:
+            raise ValueError("rank_check.seeds 0 retrains nothing: it compares two or more supernets "
+                             "(give --supernet twice or more), or set seeds to 1 or more")
+        return self
 
 
 class EvaluateConfig(StrictModel):
@@ -369,6 +385,9 @@ class PipelineConfig(SpaceConfig):
             raise ValueError(f"search.strategy: the pipeline runs the evolution (and random search with "
                              f"random_search: true), not '{self.search.strategy}'; run `detnas search` with "
                              "this strategy on the pipeline's finetune folder")
+        if self.rank_check is not None and self.rank_check.seeds == 0:
+            raise ValueError("rank_check.seeds: the pipeline's rank check has one supernet, so it needs 1 or more "
+                             "retrainings per architecture (0 is for detnas rank-check with several --supernet)")
         return self
 
     def common(self) -> dict:
@@ -402,8 +421,14 @@ class PipelineConfig(SpaceConfig):
         return RetrainConfig(**self.common(), data=data, detector=self.detector, train=self.retrain.train,
                              eval=self.eval, pretrain=pretrain, supernet=finetune_dir if self.retrain.inherit else None)
 
-    def rank_check_config(self, finetune_dir: Path, include: list[str]) -> RankCheckStageConfig:
-        return RankCheckStageConfig(supernet=finetune_dir, fitness=self.fitness, search=self.search,
-                                    retrain=self.retrain_config(finetune_dir),
-                                    rank_check=self.rank_check or RankCheckRecipe(),
-                                    include=include)
+    def rank_check_config(self, finetune_dir: Path, include: list[str], other_supernets: list[Path] = (),
+                          seeds: int | None = None) -> RankCheckStageConfig:
+        """The rank check of ``finetune_dir`` (and ``other_supernets``), with ``seeds`` retrainings per
+        architecture instead of the recipe's when given (0: the supernets' agreement alone)."""
+        recipe = self.rank_check or RankCheckRecipe()
+        if seeds is not None:
+            recipe = validate(RankCheckRecipe, {**recipe.model_dump(), "seeds": seeds}, "--seeds")
+        return validate(RankCheckStageConfig, {
+            "supernet": finetune_dir, "other_supernets": list(other_supernets), "fitness": self.fitness,
+            "search": self.search, "retrain": self.retrain_config(finetune_dir), "rank_check": recipe,
+            "include": include}, "--supernet")

@@ -169,12 +169,32 @@ def gallery(out: Path, test_source) -> list[str]:
     return lines + [""]
 
 
+def _supernet_agreement(agreement: dict | None) -> list[str]:
+    """How several supernets' fitness orders agree (rank checks with more than one ``--supernet``)."""
+    if agreement is None:
+        return []
+    lo, hi = agreement["tau_range"]
+    text = (f"{len(agreement['pairwise_tau'])} supernets scored the same architectures; Kendall tau between "
+            f"every two of their fitness orders: mean {agreement['mean_tau']:.2f}, from {lo:.2f} to {hi:.2f}.")
+    halves = agreement["split_half_tau"]
+    if halves:
+        text += f" The mean fitness of one half of them against the other half's: {sum(halves) / len(halves):.2f}."
+    if "ensemble_vs_standalone" in agreement:
+        text += (" Tau of each one's fitness with the standalone AP: " + ", ".join(
+            f"{t:.2f}" for t in agreement["each_vs_standalone"]) + f"; of their mean fitness: "
+            f"{agreement['ensemble_vs_standalone']['kendall_tau']:.2f}.")
+    return [text + f" In words: {agreement['verdict']}.", ""]
+
+
 def _rank_check(out: Path) -> list[str]:
     """The rank check's agreement (tau with its interval, the ceiling the seed noise puts on it, the
     zero-cost baselines) and its table."""
     summary = _read(out / RANK_CHECK_DIR / RANK_CHECK_FILE)
     if summary is None:
         return []
+    agreement = _supernet_agreement(summary.get("supernets"))
+    if "fitness_vs_standalone" not in summary:  # several supernets, no retraining
+        return ["## Rank check: do the supernets agree?", "", *agreement]
     agree, ceiling = summary["fitness_vs_standalone"], summary.get("ceiling")  # rank checks before it: none
     lo, hi = agree["kendall_tau_ci95"]
     how = ", architectures and seeds resampled" if "ceiling" in summary else ""
@@ -194,7 +214,7 @@ def _rank_check(out: Path) -> list[str]:
             text += f" **The fitness does not beat the best of them ({summary['best_proxy']['label']}).**"
     if "verdict" in summary:  # rank checks written before the verdict existed have none
         text += f" In words: {summary['verdict']}."
-    lines = ["## Rank check: does the supernet rank like standalone training?", "", text, "",
+    lines = ["## Rank check: does the supernet rank like standalone training?", "", text, "", *agreement,
              "| architecture | supernet AP | standalone AP (seed mean) | per seed |", "|---|---:|---:|---|"]
     for r in sorted(summary["archs"], key=lambda r: -r["supernet_map"]):
         mark = " (included)" if r["arch"] in summary.get("included", []) else ""
