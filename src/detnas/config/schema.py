@@ -183,8 +183,7 @@ class ClassificationRecipe(PretrainRecipe):
 class PretrainConfig(SpaceConfig, ClassificationRecipe):
     seed: int = 0
     amp: AmpSetting = "auto"  # mixed precision: auto (bf16 on GPUs that have it, else off), off, bf16, fp16
-    # starting weights (the classifier's last layer starts fresh): see ``init`` of FinetuneConfig
-    init: Path | None = None
+    init: Path | None = None  # starting weights, as FinetuneConfig's; the classifier's last layer starts fresh
     sampling: SamplingConfig = SamplingConfig()
     logging: LoggingConfig = LoggingConfig()
     eval: EvalConfig = EvalConfig()
@@ -193,9 +192,8 @@ class PretrainConfig(SpaceConfig, ClassificationRecipe):
 class FinetuneConfig(SpaceConfig):
     seed: int = 0
     amp: AmpSetting = "auto"
-    # the backbone's starting weights; none = from scratch. A supernet, or a standalone network of this
-    # architecture (a supernet's path is taken): our checkpoints, a detnas export's .safetensors, or the
-    # DetNAS authors' released ImageNet models and supernets (see artifacts/init_weights.py)
+    # starting weights of the backbone (none: from scratch), a supernet or a network of this arch (or a supernet's
+    # path): our checkpoints, exports' .safetensors, the DetNAS authors' ImageNet models (artifacts/init_weights.py)
     init: Path | None = None
     data: DetectionData
     detector: DetectorConfig = DetectorConfig()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from detnas.artifacts.init_weights import load_init as load_init_weights
 from detnas.checkpoint import load_checkpoint
 from detnas.config.runs import FINETUNE, PRETRAIN, RETRAIN, RETRAIN_PRETRAIN, SPLIT_FILE
 from detnas.config.schema import EvalConfig, FinetuneConfig, PretrainConfig
@@ -19,7 +21,7 @@ from detnas.data.holdout import carve_holdout
 from detnas.data.loading import CachedBatches, data_workers
 from detnas.data.sources import load_detection, load_training_set
 from detnas.data.transforms import DetectionTransform
-from detnas.distributed import map_in_rounds, on_main
+from detnas.distributed import is_main, map_in_rounds, on_main
 from detnas.errors import UserError
 from detnas.model.detector import build_detector, set_path
 from detnas.model.evaluate import (
@@ -73,6 +75,8 @@ def pretrain_job(cfg: PretrainConfig, arch: Arch | None = None) -> Job:
     val_set = ImageFolderDataset(cfg.data.val, classification_transform(size, False))
     with seeded_init(cfg.seed):
         model = ShuffleNetBackbone(space, arch, num_classes=len(train_set.classes), dropout=cfg.dropout)
+    if cfg.init is not None:
+        load_init(model, cfg.init)
 
     def loss(model, batch, arch, device):
         x, y = batch
@@ -124,18 +128,11 @@ def arch_schedule(space: SearchSpace, cfg, arch: Arch | None, grow_iters: int = 
     return lambda step: baseline if step < grow_iters else path_for_step(space, cfg.seed, step, cfg.sampling)
 
 
-def load_backbone_weights(body: ShuffleNetBackbone, ckpt_path: Path, space: dict, stage: str) -> None:
-    """Initialise ``body`` from a pretraining checkpoint of ``stage`` (its classification head is dropped)."""
-    ckpt = load_checkpoint(ckpt_path, stage, space)
-    if body.fixed_arch is not None and ckpt.get("arch") != arch_to_str(body.fixed_arch):
-        raise UserError(f"checkpoint is for architecture {ckpt.get('arch')}, not {arch_to_str(body.fixed_arch)}",
-                        ckpt_path)
-    state = ckpt["model"]
-    try:
-        body.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")})
-    except RuntimeError as e:  # e.g. saved by another version: missing keys or other shapes
-        raise UserError(f"backbone weights do not fit this space: {' '.join(str(e).split())[:200]}",
-                        ckpt_path) from None
+def load_init(model: ShuffleNetBackbone, path: Path) -> None:
+    """Initialise ``model`` from ``init:`` (see ``artifacts/init_weights.py``), saying so on the main process."""
+    note = load_init_weights(model, path)
+    if is_main():
+        print(f"init: {path}" + (f" ({note})" if note else ""), file=sys.stderr)
 
 
 def load_path_weights(detector: torch.nn.Module, ckpt_path: Path, arch: Arch, space: dict) -> None:
@@ -170,7 +167,7 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None, i
         body = ShuffleNetBackbone(space, arch)
         model = build_detector(body, num_classes, det)
     if cfg.init is not None:
-        load_backbone_weights(body, cfg.init, space_meta(cfg), PRETRAIN if arch is None else RETRAIN_PRETRAIN)
+        load_init(body, cfg.init)
     if inherit is not None:
         load_path_weights(model, inherit, arch, space_meta(cfg))
 
