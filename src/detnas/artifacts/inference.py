@@ -32,12 +32,14 @@ def _gt_in_checkpoint_labels(dataset, classes: list[str], data_path) -> dict:
 
 
 def evaluate_detector(
-    detector: nn.Module, info: dict, source, batch_size: int = 8, device: str | torch.device | None = None
+    detector: nn.Module, info: dict, source, batch_size: int = 8, device: str | torch.device | None = None,
+    metric: str = "coco",
 ) -> dict[str, float]:
     """COCO box metrics (AP, AP50, AP75, APs, APm, APl as fractions; -1 where COCO has nothing to
     score) of a retrained detector loaded with ``weights.load_trained_detector`` (and its ``info``) on
     ``source`` (a ``configs.DetectionSource``), with the evaluation transform of its detector config
-    (no flip). ``device`` defaults to CUDA when available, else the CPU."""
+    (no flip); with ``metric`` ``voc07``/``voc`` also Pascal VOC's AP50 (``model/voc_metric.py``).
+    ``device`` defaults to CUDA when available, else the CPU."""
     from detnas.data.loading import data_workers
     from detnas.data.sources import image_dir_of, load_detection
     from detnas.data.transforms import DetectionTransform
@@ -52,4 +54,4 @@ def evaluate_detector(
         raise UserError(f"no images to evaluate (image folder {image_dir_of(source)})", data_path)
     gt = _gt_in_checkpoint_labels(dataset, info["classes"], data_path)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    return detection_metrics(detector.to(device), dataset, batch_size, data_workers(), gt)
+    return detection_metrics(detector.to(device), dataset, batch_size, data_workers(), gt, metric)

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from detnas.model.amp import AmpSetting
 from detnas.model.detector_config import DetectorConfig
+from detnas.model.voc_metric import Metric
 from detnas.strict import StrictModel, validate
 
 # DataLoader worker processes per training process; "auto" (the default): from the CPU count, see
@@ -126,7 +127,7 @@ class HoldoutConfig(StrictModel):
 
 
 class DetectionData(StrictModel):
-    train: DetectionSource
+    train: DetectionSource | Annotated[list[DetectionSource], Field(min_length=1)]  # several: one set (VOC 07+12)
     test: DetectionSource | None = None
     holdout: HoldoutConfig = HoldoutConfig()
     flip: bool = True
@@ -148,6 +149,7 @@ class EvalConfig(RecalibConfig):
     """The end-of-training evaluation of fixed paths."""
 
     archs: list[str] = []  # fixed paths to evaluate at the end (default: all-0 and all-3 and one random)
+    metric: Metric = "coco"  # voc07 / voc: Pascal VOC's AP50 (11-point / area) beside COCO's metrics
 
 
 class FitnessConfig(RecalibConfig):
@@ -351,6 +353,7 @@ class EvaluateConfig(StrictModel):
 
     data: DetectionSource
     batch_size: int = Field(8, ge=1)  # images per forward pass
+    metric: Metric = "coco"  # voc07 / voc: Pascal VOC's AP50 (11-point / area) beside COCO's metrics
 
 
 class PipelineConfig(SpaceConfig):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +155,25 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def save_coco(self, path: str | Path) -> None:
         write_json_atomic(self.to_coco(), Path(path))
+
+
+def concat_datasets(parts: Sequence[DetectionDataset]) -> DetectionDataset:
+    """One dataset of several (e.g. VOC2007 and VOC2012 trainval, the paper's VOC 07+12).
+
+    Classes are matched by name: the first set's labels, then names new in later sets appended in
+    their order. Image ids become 1..N over all sets (each set numbers its own from 1), and file names
+    the images' absolute paths, so that a subset saved as COCO JSON (the search split) finds every
+    image whichever folder it came from."""
+    categories = list(parts[0].categories)
+    for part in parts[1:]:
+        categories += [name for name in part.categories if name not in categories]
+    label_of = {name: k for k, name in enumerate(categories, start=1)}
+    records = []
+    for part in parts:
+        to_merged = np.array([0] + [label_of[name] for name in part.categories], dtype=np.int64)
+        records += [replace(r, image_id=i, file_name=str(Path(r.path).resolve()), labels=to_merged[r.labels])
+                    for i, r in enumerate(part.records, start=len(records) + 1)]
+    return DetectionDataset(records, categories)
 
 
 def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:

@@ -19,6 +19,7 @@ from detnas.data.detection import DetectionDataset, collate
 from detnas.data.loading import CachedBatches, loader_options
 from detnas.model.cocoeval import coco_map, detections_from_outputs
 from detnas.model.layout import apply_layout
+from detnas.model.voc_metric import METRIC_KEYS, Metric, voc_ap50
 
 RecalibMode = Literal["cumulative", "ema"]
 
@@ -83,12 +84,22 @@ def predict(detector: nn.Module, dataset: DetectionDataset, batch_size: int = 16
     return predict_batches(detector, loader)
 
 
+def box_metrics(gt: dict, detections: list[dict], metric: Metric = "coco") -> dict[str, float]:
+    """COCO's box metrics (AP, AP50, ...), and with ``metric`` ``voc07`` or ``voc`` Pascal VOC's AP50
+    too (11-point or area: ``VOC07_AP50``, ``VOC_AP50``)."""
+    metrics = coco_map(gt, detections)
+    if metric != "coco":
+        metrics[METRIC_KEYS[metric]] = voc_ap50(gt, detections, eleven_point=metric == "voc07")
+    return metrics
+
+
 def detection_metrics(
-    detector: nn.Module, dataset: DetectionDataset, batch_size: int = 16, workers: int = 0, gt: dict | None = None
+    detector: nn.Module, dataset: DetectionDataset, batch_size: int = 16, workers: int = 0, gt: dict | None = None,
+    metric: Metric = "coco",
 ) -> dict[str, float]:
-    """COCO bbox metrics (AP, AP50, ...) of ``detector`` on ``dataset`` (give it the eval transform)."""
+    """Box metrics (``box_metrics``) of ``detector`` on ``dataset`` (give it the eval transform)."""
     detections = predict(detector, dataset, batch_size, workers)
-    return coco_map(gt if gt is not None else dataset.to_coco(), detections)
+    return box_metrics(gt if gt is not None else dataset.to_coco(), detections, metric)
 
 
 @torch.no_grad()
@@ -132,7 +143,7 @@ def recalibrated_path(supernet_detector: nn.Module, arch, num_classes: int, dete
 
 def evaluate_detection_path(
     supernet_detector: nn.Module, arch, num_classes: int, detector_cfg, recalib: Iterable, eval_batches: Iterable,
-    gt: dict, mode: RecalibMode = "cumulative",
+    gt: dict, mode: RecalibMode = "cumulative", metric: Metric = "coco",
 ) -> dict[str, float]:
     """mAP of one path: extract it, recalibrate its BN on ``recalib`` image batches, evaluate on
     ``eval_batches`` ((images, targets) batches of the set whose ground truth is ``gt``). Also returns
@@ -142,7 +153,7 @@ def evaluate_detection_path(
     t1 = time.perf_counter()
     detections = predict_batches(sub, eval_batches)
     t2 = time.perf_counter()
-    metrics = coco_map(gt, detections)
+    metrics = box_metrics(gt, detections, metric)
     t3 = time.perf_counter()
     return {**metrics, "seconds_recalib": t1 - t0, "seconds_inference": t2 - t1, "seconds_cocoeval": t3 - t2}
 

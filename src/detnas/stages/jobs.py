@@ -19,7 +19,7 @@ from detnas.data.classification import ImageFolderDataset, classification_transf
 from detnas.data.detection import collate
 from detnas.data.holdout import carve_holdout
 from detnas.data.loading import CachedBatches, data_workers
-from detnas.data.sources import load_detection, load_training_set
+from detnas.data.sources import load_detection, load_training_set, source_path
 from detnas.data.transforms import DetectionTransform
 from detnas.distributed import is_main, map_in_rounds, on_main
 from detnas.errors import UserError
@@ -159,8 +159,8 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None, i
                              cfg.seed)
     train_set, holdout = full, None
     if cfg.data.holdout.size:
-        source = cfg.data.train.annotations or cfg.data.train.root
-        keep, held = carve_holdout(len(full), cfg.data.holdout.size, cfg.data.holdout.seed, source)
+        keep, held = carve_holdout(len(full), cfg.data.holdout.size, cfg.data.holdout.seed,
+                                   source_path(cfg.data.train))
         train_set, holdout = full.subset(keep), full.subset(held)
     num_classes = len(full.categories)
     with seeded_init(cfg.seed):
@@ -188,7 +188,7 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None, i
         split = "search" if holdout is not None else "test"
         if arch is not None:  # a standalone network has its own BN statistics: no recalibration
             return on_main(lambda: {"split": split, "metrics": detection_metrics(
-                model, eval_set, cfg.eval.batch_size, loading["workers"], gt)})
+                model, eval_set, cfg.eval.batch_size, loading["workers"], gt, cfg.eval.metric)})
 
         @cache
         def batches() -> tuple:  # decoded by the workers that evaluate a path, once each
@@ -199,7 +199,7 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None, i
 
         results = each_path(eval_archs(space, cfg.eval, cfg.seed, cfg.sampling),
                             lambda a: evaluate_detection_path(model, a, num_classes, det, *batches(), gt,
-                                                              cfg.eval.recalib_mode))
+                                                              cfg.eval.recalib_mode, cfg.eval.metric))
         return {"split": split, "map": results}
 
     return Job(
