@@ -1,5 +1,7 @@
 """Atomic file writes: a temp file beside the target, flushed to disk, then renamed into place, so a
-crash or ``kill -9`` at any moment leaves either the old file or the new one, never half of one."""
+crash or ``kill -9`` at any moment leaves either the old file or the new one, never half of one; a
+full disk, a read-only folder or a missing permission leaves the old one too, and is a one-line
+``WriteError`` naming the file."""
 
 from __future__ import annotations
 
@@ -11,23 +13,26 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from detnas.errors import writing
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` to fill a temp file, then rename it to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        # mkstemp makes it private, and some writers (safetensors) replace the file: set the mode after
-        os.chmod(tmp, 0o644)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            write(Path(tmp))
+            # mkstemp makes it private, and some writers (safetensors) replace the file: set the mode after
+            os.chmod(tmp, 0o644)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -30,7 +30,14 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     data = {"format": FORMAT, "version": VERSION, **payload}
     data.pop(CHECKSUM, None)  # e.g. a payload read from another checkpoint: its checksum is not ours
     data[CHECKSUM] = content_sha256(data)
-    atomic_write(path, lambda tmp: torch.save(data, tmp))
+    atomic_write(path, lambda tmp: _save(data, tmp))
+
+
+def _save(data: dict, path: Path) -> None:
+    # through a Python file: a full disk is then an OSError (ENOSPC), not an opaque RuntimeError of
+    # torch's own writer ("PytorchStreamWriter failed writing file")
+    with open(path, "wb") as f:
+        torch.save(data, f)
 
 
 def _first_sentence(e: Exception) -> str:

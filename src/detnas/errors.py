@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+# what a failed write of a run's file says; anything else is a bug, not the user's disk
+WRITE_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
 
 
 class UserError(Exception):
@@ -27,6 +39,29 @@ def _raised_in_data_worker(message: str, cls: type) -> str:
     marker = f"\n{cls.__module__}.{cls.__qualname__}: "
     at = message.rfind(marker)
     return message if at < 0 else message[at + len(marker):].strip()
+
+
+class WriteError(UserError):
+    """A file of a run could not be written (disk full, read-only, no permission): one line naming it."""
+
+
+def write_error(e: OSError, path: str | Path | None) -> WriteError | None:
+    """``e`` as one line naming ``path`` (its own file name if None), when it is a disk's refusal."""
+    if e.errno not in WRITE_ERRORS:
+        return None
+    return WriteError(f"cannot write: {WRITE_ERRORS[e.errno]}", path if path is not None else e.filename)
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Writes to ``path`` inside: a disk's refusal becomes a ``WriteError`` naming ``path``."""
+    try:
+        yield
+    except OSError as e:
+        err = write_error(e, path)
+        if err is None:
+            raise
+        raise err from None
 
 
 def read_json(path: str | Path, what: str):

@@ -24,7 +24,8 @@ same state. Only rank 0 writes files. ``evaluate`` must therefore be local to it
 collective operations inside it).
 
 Rank 0 writes the files of ``search/state.py`` into ``run_dir``: a state to resume from after every
-generation, the results of the running generation as they come, then the plots and ``best.json``.
+generation, the results of the running generation as they come, then the plots and ``best.json``; a
+failed write stops every worker, and so may the caller's ``at_safe_point`` after each write.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from detnas.search import state as search_state
 from detnas.search.constraints import Constraints, check_constraints, size_key
 
 Evaluate = Callable[[Arch], dict]
+SafePoint = Callable[[str], None]  # called with what is saved; may raise to stop the search there
 
 
 @dataclass
@@ -73,8 +75,9 @@ def _rank_key(record: dict) -> tuple[float, str]:
 
 class _Search:
     def __init__(self, space: SearchSpace, cfg: SearchConfig, cons: Constraints, input_size, run_dir: Path,
-                 evaluator_identity: dict | None = None):
+                 evaluator_identity: dict | None = None, at_safe_point: SafePoint | None = None):
         self.space, self.cfg, self.cons, self.run_dir = space, cfg, cons, run_dir
+        self.at_safe_point = at_safe_point or (lambda saved: None)
         self.input_size = size_key(input_size)
         if cons.latency is not None:  # the table's content, not its path, decides the latencies
             evaluator_identity = {**(evaluator_identity or {}),
@@ -93,8 +96,7 @@ class _Search:
         self.main = get_rank() == 0
 
     def save(self) -> None:
-        if self.main:
-            search_state.save(self.run_dir, self.state_dict())
+        on_main(lambda: search_state.save(self.run_dir, self.state_dict()))
 
     # --- the resumable state (``search_state.json``; its layout must not change, old runs resume)
 
@@ -237,14 +239,15 @@ class _Search:
                 errors.append(err)
             return record
 
-        partial = search_state.PartialLog(self.run_dir, self.key, list(results.values()), self.main)
+        partial = search_state.PartialLog(self.run_dir, self.key)
         try:
+            on_main(lambda: partial.start(list(results.values())))
             for gathered in map_in_rounds(pending, evaluate_mine):
                 done = [r for r in gathered if "error" not in r]
                 for r in done:
                     results[r["arch"]] = r
                     best = max(best, r["map"])
-                partial.write(done)
+                on_main(lambda: partial.write(done))
                 if bar is not None:
                     bar.advance(len(done), best)
                 if errors:
@@ -253,6 +256,8 @@ class _Search:
                 if failed:
                     f = failed[0]
                     raise RuntimeError(f"evaluating {f['arch']} failed on rank {f['rank']}: {f['error']}")
+                if len(results) < len(cands):  # after the last one, the generation's state is the safe point
+                    self.at_safe_point(f"{len(results)} of {len(cands)} candidates of generation {g} in {PARTIAL_FILE}")
         finally:
             partial.close()
         return [results[arch_to_str(a)] for a in cands]
@@ -334,6 +339,7 @@ def _evolve(search: _Search, evaluate: Evaluate, cache: dict[str, dict], progres
             cache = {}
             search.finish_generation(new)
             search.save()
+            search.at_safe_point(f"the search state after generation {search.generation - 1}, in {SEARCH_STATE_FILE}")
     finally:
         bar.close()
 
@@ -366,6 +372,7 @@ def run_search(
     progress: bool = True,
     evaluator_identity: dict | None = None,
     before_finish: Callable[[list[dict]], None] | None = None,
+    at_safe_point: SafePoint | None = None,
 ) -> SearchResult:
     """Run (or resume) an evolutionary or random search; every worker gets the same result.
 
@@ -376,22 +383,18 @@ def run_search(
     different one is refused, so fitnesses of two different evaluators are never mixed.
     ``before_finish(history)`` runs on rank 0 after the last generation and before ``best.json``
     (e.g. the fitness check), so that ``best.json`` stays the last file written.
+    ``at_safe_point(saved)`` runs on every worker once the results of each round of candidates are on
+    disk (``saved`` says where); an exception it raises stops the search there.
     """
     run_dir = Path(run_dir)
     cons = check_constraints(space, cfg, input_size)  # fails fast, identically on every rank
-    search = _Search(space, cfg, cons, input_size, run_dir, evaluator_identity)
+    search = _Search(space, cfg, cons, input_size, run_dir, evaluator_identity, at_safe_point)
     _evolve(search, evaluate, _start(search, resume), progress)
     if not search.records:
         raise RuntimeError("the search evaluated no architecture")
     if search.main:
         _write_outputs(search, before_finish, progress)
     best = search.best()
-    return SearchResult(
-        best=to_arch(best["arch"]),
-        best_record=best,
-        topk=list(search.topk),
-        history=list(search.records),
-        summary=list(search.summary),
-        run_dir=run_dir,
-        exhausted=search.exhausted,
-    )
+    return SearchResult(best=to_arch(best["arch"]), best_record=best, topk=list(search.topk),
+                        history=list(search.records), summary=list(search.summary), run_dir=run_dir,
+                        exhausted=search.exhausted)

@@ -2,7 +2,8 @@
 
 - ``search_state.json``: everything needed to resume, rewritten atomically after every generation;
 - ``history.jsonl``: one line per evaluated candidate of the finished generations (rewritten
-  atomically from the state, so a resumed run never duplicates lines);
+  atomically from the state, just before it, so a resumed run never duplicates lines, and a state
+  that was saved always has its history);
 - ``partial_generation.jsonl``: results of the running generation, appended and flushed per
   candidate, so a run killed mid-generation re-evaluates nothing when resumed;
 - ``best.json``: the best architecture, written last (the sign that the search finished).
@@ -35,7 +36,7 @@ from detnas.config.runs import (
     SEARCH_STATE_FILE,
     config_changes,
 )
-from detnas.errors import UserError, read_json
+from detnas.errors import UserError, read_json, writing
 from detnas.model.space import SearchSpace
 from detnas.search.constraints import size_key
 
@@ -139,8 +140,9 @@ def save(run_dir: Path, state: dict) -> None:
     partial file is then stale."""
     # the time of writing goes last, where it has always been, so the file's layout is unchanged
     stamped = {**state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    write_text_atomic(run_dir / SEARCH_STATE_FILE, json.dumps(stamped, allow_nan=False))
+    # the history first: if the state cannot be written, the older state resumed writes it again
     write_text_atomic(run_dir / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in state["records"]))
+    write_text_atomic(run_dir / SEARCH_STATE_FILE, json.dumps(stamped, allow_nan=False))
     (run_dir / PARTIAL_FILE).unlink(missing_ok=True)
 
 
@@ -165,29 +167,32 @@ def read_partial(path: Path, key: str, generation: int) -> dict[str, dict]:
 
 class PartialLog:
     """``partial_generation.jsonl`` of the running generation: starts with the cached results, then one
-    line per evaluated candidate, flushed to disk; a no-op off the main worker."""
+    line per evaluated candidate, flushed to disk (the main worker calls ``start`` and ``write``)."""
 
-    def __init__(self, run_dir: Path, key: str, cached: list[dict], enabled: bool):
-        self.key, self.file = key, None
-        if enabled:
-            path = run_dir / PARTIAL_FILE
-            write_text_atomic(path, "".join(self._line(r) for r in cached))
-            self.file = open(path, "a")  # noqa: SIM115 - closed by close()
+    def __init__(self, run_dir: Path, key: str):
+        self.path, self.key, self.file = run_dir / PARTIAL_FILE, key, None
 
     def _line(self, record: dict) -> str:
         return json.dumps({"key": self.key, **record}) + "\n"
 
+    def start(self, cached: list[dict]) -> None:
+        write_text_atomic(self.path, "".join(self._line(r) for r in cached))
+        with writing(self.path):
+            self.file = open(self.path, "a")  # noqa: SIM115 - closed by close()
+
     def write(self, records: list[dict]) -> None:
-        if self.file is None:
-            return
-        for r in records:
-            self.file.write(self._line(r))
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        with writing(self.path):
+            for r in records:
+                self.file.write(self._line(r))
+            self.file.flush()
+            os.fsync(self.file.fileno())
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:  # lines a full disk refused, already reported by ``write``: a torn last
+                pass  # line is ignored on resume
 
 
 def write_best(run_dir: Path, best: dict, space: SearchSpace, input_size, strategy: str) -> None:

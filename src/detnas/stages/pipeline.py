@@ -2,7 +2,7 @@
 the searched architecture, the random-search best and the ShuffleNetV2 baseline, then a report.
 
 Each stage writes into its own folder of the run. Rerunning the same command skips the stages that
-finished and resumes the one that was interrupted.
+finished and resumes the one that was interrupted (or stopped by a signal: ``preemption.py``).
 """
 
 from __future__ import annotations
@@ -29,13 +29,17 @@ from detnas.config.runs import (
     retrain_dir,
 )
 from detnas.config.schema import PipelineConfig
-from detnas.distributed import broadcast_object, is_main
+from detnas.distributed import broadcast_object, is_main, on_main
 from detnas.model.space import arch_to_str, get_space, resolve_arch
+from detnas.stages import preemption
 from detnas.stages.jobs import finetune_job, pretrain_job, run_stage
 from detnas.stages.rank_check import run_rank_check
 from detnas.stages.report import write_report
 from detnas.stages.retrain import run_retrain
+from detnas.stages.run_guard import guarded_run
 from detnas.stages.search import run_search_stage
+
+CONTINUE = "run the same command again"  # how a stopped pipeline continues
 
 
 def _last_write(folder: Path, since: float) -> float:
@@ -61,14 +65,14 @@ class _Stages:
         self._save()
 
     def _save(self) -> None:
-        if is_main():
-            write_json_atomic(self.state, self.path, indent=2)
+        on_main(lambda: write_json_atomic(self.state, self.path, indent=2))
 
     def run(self, name: str, done: bool, run_dir: Path, fn) -> None:
         if broadcast_object(done):  # rank 0 decides, so that every worker runs the same stages
             if is_main():
                 print(f"pipeline: {name} finished earlier, skipped", flush=True)
             return
+        preemption.stop_if_requested(f"the stages before {name} are done")
         point = resume_point(run_dir) if is_main() else None
         if point is not None:
             print(f"pipeline: {name} resumes {point}", flush=True)
@@ -93,12 +97,13 @@ class _Plan:
 def run_pipeline(cfg: PipelineConfig, out: Path) -> Path:
     """Run (or continue) the pipeline in ``out``; returns the path of ``report.md``."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    stages = _Stages(out)
-    _run_stages(cfg, out, stages)
-    if is_main():
-        return write_report(out, stages.state["seconds"], cfg)
-    return out / REPORT_FILE
+    with guarded_run(out, CONTINUE):
+        stages = _Stages(out)
+        _run_stages(cfg, out, stages)
+        preemption.stop_if_requested("every stage is done")  # before the report's predictions
+        if is_main():
+            return write_report(out, stages.state["seconds"], cfg)
+        return out / REPORT_FILE
 
 
 def planned_stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path]]:

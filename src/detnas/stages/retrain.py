@@ -22,11 +22,12 @@ from detnas.config.runs import (
     is_finished,
 )
 from detnas.config.schema import RetrainConfig
-from detnas.distributed import is_main
+from detnas.distributed import on_main
 from detnas.errors import UserError
 from detnas.model.flops import arch_cost
 from detnas.model.space import Arch, arch_to_str, get_space
 from detnas.stages.jobs import finetune_job, pretrain_job, run_stage
+from detnas.stages.run_guard import guarded_run
 
 
 def run_retrain(arch: Arch, cfg: RetrainConfig, out_dir: Path, resume: bool, pretrain: bool = True) -> dict:
@@ -36,7 +37,11 @@ def run_retrain(arch: Arch, cfg: RetrainConfig, out_dir: Path, resume: bool, pre
     Each step writes its own sub-folder; with ``resume`` a finished step is skipped and an
     interrupted one continues from its checkpoint.
     """
-    out_dir = Path(out_dir)
+    with guarded_run(out_dir):
+        return _retrain(arch, cfg, Path(out_dir), resume, pretrain)
+
+
+def _retrain(arch: Arch, cfg: RetrainConfig, out_dir: Path, resume: bool, pretrain: bool) -> dict:
     space = get_space(cfg.space, cfg.width_mult)
     if cfg.data.test is None:
         raise UserError("retraining reports on the test split: set data.test in the config")
@@ -62,7 +67,6 @@ def run_retrain(arch: Arch, cfg: RetrainConfig, out_dir: Path, resume: bool, pre
         "inherited": inherit is not None,
         "test": metrics["metrics"], "checkpoint": str(det_dir / CHECKPOINT),
     }
-    if is_main():
-        write_json_atomic(result, out_dir / RESULT_FILE, indent=2)
+    on_main(lambda: write_json_atomic(result, out_dir / RESULT_FILE, indent=2))
     return result
 

@@ -32,6 +32,9 @@ from detnas.model.space import get_space, parse_arch
 from detnas.model.supernet import ShuffleNetBackbone
 from detnas.search.engine import SearchResult, run_search
 from detnas.search.fitness_check import check_fitness, checked_count, write_check
+from detnas.stages import preemption
+from detnas.stages.run_guard import guarded_run
+from detnas.stages.tracking import log_search
 
 
 class SupernetEvaluator:
@@ -107,6 +110,12 @@ class SupernetEvaluator:
 
 
 def run_search_stage(cfg: SearchStageConfig, out_dir: Path, resume: bool) -> SearchResult:
+    """The search in ``out_dir``; a stop signal stops it after the current round of candidates."""
+    with guarded_run(out_dir):
+        return _search(cfg, Path(out_dir), resume)
+
+
+def _search(cfg: SearchStageConfig, out_dir: Path, resume: bool) -> SearchResult:
     evaluator = SupernetEvaluator(cfg.supernet, cfg.fitness, cfg.workers, cfg.amp)
 
     def fitness_check(history: list[dict]) -> None:
@@ -115,8 +124,10 @@ def run_search_stage(cfg: SearchStageConfig, out_dir: Path, resume: bool) -> Sea
         again = evaluator.with_recalib_seed(evaluator.cfg.seed + 1)
         check = check_fitness(history, lambda arch: again(parse_arch(arch, evaluator.space))["map"])
         write_check(out_dir, check)
+        log_search(out_dir, history)
         for warning in check["warnings"]:
             print(f"warning: {warning}", file=sys.stderr)
 
     return run_search(evaluator.space, cfg.search, evaluator, out_dir, resume=resume, progress=cfg.progress,
-                      evaluator_identity=evaluator.identity(), before_finish=fitness_check)
+                      evaluator_identity=evaluator.identity(), before_finish=fitness_check,
+                      at_safe_point=preemption.stop_if_requested)

@@ -36,12 +36,16 @@ from detnas.distributed import (
     init_distributed,
     is_main,
     mean_over_workers,
+    on_main,
 )
 from detnas.errors import UserError
 from detnas.model.amp import AmpSetting, autocast, grad_scaler, resolve_amp
 from detnas.model.flops import sample_arch
 from detnas.model.layout import apply_layout
 from detnas.model.space import NUM_CHOICES, Arch, SearchSpace, arch_to_str, to_arch
+from detnas.stages import preemption
+from detnas.stages.run_guard import guarded_run
+from detnas.stages.tracking import LossParts
 from detnas.stages.train_log import TrainLog
 
 
@@ -115,6 +119,7 @@ class Job:
     # (step, grow(model, batch)): called once, before the step of that number, e.g. to grow the
     # supernet's choices out of the path trained until then (model/growth.py)
     grow: tuple[int, Callable[[nn.Module, object], None]] | None = None
+    loss_parts: LossParts | None = None  # filled by ``loss`` (e.g. the detector's RPN and box losses), logged
 
 
 def train_step(model: nn.Module, job: Job, batch, arch: Arch, device: torch.device, params: list[nn.Parameter],
@@ -216,6 +221,7 @@ class _Checkpointer:
                  scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, amp: str):
         self.path, self.job, self.amp = path, job, amp
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.saved_step: int | None = None  # the step of the checkpoint on disk, if this run knows it
 
     def restore(self, rank: int, world_size: int) -> int:
         """Load the checkpoint, if the run saved one, into the training state; returns its step (else 0)."""
@@ -231,18 +237,25 @@ class _Checkpointer:
         # each worker draws its own numbers (RoI sampling depends on its images): restore its own state
         rngs = state.get("rng_per_worker") or []
         torch.set_rng_state(rngs[rank] if len(rngs) == world_size else state["rng"])
+        self.saved_step = state["step"]
         return state["step"]
 
     def save(self, step: int) -> None:
         """Called by every worker at the same steps (all take part in gathering the RNG states);
-        rank 0 writes."""
+        rank 0 writes, and a failed write stops every worker."""
         rngs = all_gather_object(torch.get_rng_state())
-        if is_main():
-            save_checkpoint(self.path, {
-                "stage": self.job.stage, **self.job.meta, "step": step, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "amp": self.amp, "scaler": self.scaler.state_dict(), "rng": rngs[0], "rng_per_worker": rngs,
-            })
+        on_main(lambda: save_checkpoint(self.path, {
+            "stage": self.job.stage, **self.job.meta, "step": step, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "amp": self.amp, "scaler": self.scaler.state_dict(), "rng": rngs[0], "rng_per_worker": rngs,
+        }))
+        self.saved_step = step
+
+    def stop(self, step: int, total: int) -> preemption.Preempted:
+        """Save the checkpoint of ``step`` for a stop asked before it (unless it is there already)."""
+        if self.saved_step != step:
+            self.save(step)
+        return preemption.Preempted(f"{self.job.stage}: checkpoint of step {step} of {total} in {self.path}")
 
 
 def _grow_if_due(job: Job, model: nn.Module, step: int, batch) -> None:
@@ -292,9 +305,12 @@ def _final_eval(job: Job, model: nn.Module, amp: str, device: torch.device, out_
         job.dataset.set_epoch(0)  # so the final evaluation's recalibration images depend on neither
     with autocast(amp, device):
         metrics = job.final_eval(model)
-    if is_main():
+
+    def write() -> None:
         log.final(metrics)
         write_text_atomic(out_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+
+    on_main(write)
     return metrics
 
 
@@ -302,7 +318,14 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
                  workers: Workers = "auto", log_every: int = 10, checkpoint_every: int = 100,
                  progress: bool = True, amp: AmpSetting = "auto") -> dict:
     """Train ``job`` for ``schedule.iters`` steps (resuming from ``out_dir`` if asked) and evaluate it,
-    with ``workers`` DataLoader workers and mixed precision ``amp`` (see amp.py)."""
+    with ``workers`` DataLoader workers and mixed precision ``amp`` (see amp.py). A stop signal
+    (``preemption.py``) stops it before its next step, with a checkpoint of the steps done."""
+    with guarded_run(out_dir):
+        return _train(job, schedule, seed, Path(out_dir), resume, workers, log_every, checkpoint_every, progress, amp)
+
+
+def _train(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, resume: bool, workers: Workers,
+           log_every: int, checkpoint_every: int, progress: bool, amp: AmpSetting) -> dict:
     dist = init_distributed()
     device, amp, out_dir = dist.device, resolve_amp(amp, dist.device), Path(out_dir)
     _check_can_start(job, schedule, out_dir / CHECKPOINT, resume, dist.world_size)
@@ -316,13 +339,16 @@ def run_training(job: Job, schedule: ScheduleConfig, seed: int, out_dir: Path, r
     checkpoints = _Checkpointer(out_dir / CHECKPOINT, job, model, optimizer, scheduler, scaler, amp)
     step = checkpoints.restore(dist.rank, dist.world_size) if resume else 0
     broadcast_state(model)
-    if job.write_files is not None and is_main():
-        job.write_files(out_dir)
-    log = TrainLog(out_dir, job.stage, schedule.iters, start=step, enabled=is_main(), progress=progress)
+    if job.write_files is not None:
+        on_main(lambda: job.write_files(out_dir))
+    log = TrainLog(out_dir, job.stage, schedule.iters, start=step, enabled=is_main(), progress=progress,
+                   parts=job.loss_parts, config=job.meta.get("config"))
     batches = batches_from(job, schedule, seed, data_workers(workers), dist.rank, dist.world_size, step, device)
     window = _LogWindow(log, optimizer, dist.world_size, log_every, schedule.iters)
     with log:
         while step < schedule.iters:
+            if preemption.stop_requested():
+                raise checkpoints.stop(step, schedule.iters)
             arch = job.arch_for_step(step)
             batch = next(batches)
             _grow_if_due(job, model, step, batch)
