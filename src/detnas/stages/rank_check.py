@@ -56,6 +56,7 @@ from detnas.model.space import Arch, SearchSpace, arch_to_str, get_space, resolv
 from detnas.search.constraints import check_constraints
 from detnas.stages.rank_summary import print_summary, summarize
 from detnas.stages.retrain import run_retrain
+from detnas.stages.run_guard import guarded_run
 
 # keys of a retraining's config that do not change what it computes: the training's own resume rule,
 # where its pretraining checkpoint lies, and how many workers decode its pretraining images
@@ -236,6 +237,11 @@ def run_rank_check(cfg: RankCheckStageConfig, out: Path, resume: bool,
     out = Path(out)
     if not resume and broadcast_object(out.exists() and any(out.iterdir())):  # rank 0 looks, before anyone writes
         raise_exists(out)
+    with guarded_run(out):  # the folder's lock; stop signals stop its retrainings at a checkpoint
+        return _rank_check(cfg, out, known)
+
+
+def _rank_check(cfg: RankCheckStageConfig, out: Path, known: dict[str, list[Path]] | None) -> dict:
     space = get_space(cfg.retrain.space, cfg.retrain.width_mult)
     included = included_archs(space, cfg)
     archs = plan_archs(space, cfg, included)
