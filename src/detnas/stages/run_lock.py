@@ -50,8 +50,15 @@ def _me() -> dict:
     attempts = {name: [os.environ[job], os.environ.get(restart, "0")]
                 for name, (job, restart) in ATTEMPTS.items() if os.environ.get(job)}
     return {"pid": os.getpid(), "host": socket.gethostname(), "process_start": _process_start(os.getpid()),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join(sys.argv)[:300],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": _command()[:300],
             "attempts": attempts}
+
+
+def _command() -> str:
+    """The command line, ``python -m detnas`` and the installed script both as ``detnas``."""
+    program = Path(sys.argv[0])
+    is_detnas = program.name == "detnas" or (program.name == "__main__.py" and program.parent.name == "detnas")
+    return " ".join(["detnas" if is_detnas else sys.argv[0], *sys.argv[1:]])
 
 
 def _alive(pid: int) -> bool:
