@@ -1,6 +1,6 @@
 """The packaged experiment configs and ``detnas pipeline --dry-run``.
 
-Proves: every shipped config holds the authors' settings (SPEC sections 4 and 5) and dry-runs against
+Proves: every shipped config holds the authors' settings (the DetNAS paper) and dry-runs against
 tiny datasets in the standard COCO / Pascal VOC / ImageNet folder layouts under ``--data-root``; the
 plan names every stage with its work and says what the run folder already holds; a dry run writes
 nothing; what the run would refuse (missing data, an infeasible budget, a search split as large as the
@@ -20,6 +20,7 @@ from detnas.config.schema import PipelineConfig
 
 SHIPPED = ("coco-fpn-small", "coco-retinanet-small", "voc-fpn-small", "coco-fpn-large")
 SMALL_SPLIT = ("--set", "detection.holdout.size=2")  # the tiny datasets hold 6 training images
+NO_ESTIMATE = ("--estimate-steps", "0")  # the time estimate is tested in test_dry_run_stages.py
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,8 @@ def test_the_shipped_configs_hold_the_authors_settings():
 def test_every_shipped_config_dry_runs_on_the_standard_layouts(name, data_root, tmp_path, cli_here):
     before = files_under(data_root)
     out = tmp_path / "run"
-    r = cli_here("pipeline", "--config", name, "--data-root", data_root, *SMALL_SPLIT, "--out", out, "--dry-run")
+    r = cli_here("pipeline", "--config", name, "--data-root", data_root, *SMALL_SPLIT, "--out", out, "--dry-run",
+                 *NO_ESTIMATE)
     text = r.stdout
     assert "search budget: body FLOPs <= " in text and ": feasible" in text
     assert "classification: 4 training images in 2 classes" in text
@@ -86,7 +88,7 @@ def test_the_plan_says_what_is_finished_and_where_a_stage_resumes(data_root, tmp
     save_checkpoint(out / "finetune" / CHECKPOINT, {"stage": "finetune", "step": 1234})
     before = files_under(out)
     text = cli_here("pipeline", "--config", "coco-fpn-small", "--data-root", data_root, *SMALL_SPLIT,
-                    "--out", out, "--dry-run").stdout
+                    "--out", out, "--dry-run", *NO_ESTIMATE).stdout
     rows = {line.split("  ")[1]: line for line in text.splitlines() if line.startswith("  ")}
     assert "finished: skipped" in rows["pretrain"]
     assert f"resumes at step 1234 ({out / 'finetune' / CHECKPOINT})" in rows["finetune"]
@@ -115,6 +117,7 @@ def test_what_the_run_would_refuse_is_a_one_line_error(case, data_root, tmp_path
     else:
         args += ["--set", "search.max_flops"]
         expect = ["--set takes KEY=VALUE"]
-    r = cli_here("pipeline", "--config", config, *args, "--out", tmp_path / "run", "--dry-run", check=False)
+    r = cli_here("pipeline", "--config", config, *args, "--out", tmp_path / "run", "--dry-run", *NO_ESTIMATE,
+                 check=False)
     one_line_error(r, *expect)
     assert not (tmp_path / "run").exists()

@@ -25,10 +25,15 @@ def _rank(error: dict) -> int:
     return {"extra_forbidden": 0, "missing": 2}.get(error["type"], 1)
 
 
+def error_location(err: ValidationError) -> str:
+    """The dotted key of the problem ``describe_error`` reports ("" for the config as a whole)."""
+    return ".".join(str(p) for p in min(err.errors(), key=_rank)["loc"])
+
+
 def describe_error(err: ValidationError) -> str:
     """The first problem of a validation error in one line (unknown keys first, see ``_rank``)."""
     first = min(err.errors(), key=_rank)
-    where = ".".join(str(p) for p in first["loc"])
+    where = error_location(err)
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     if first["type"] == "extra_forbidden":
         return f"unknown key '{where}'{more}"

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from detnas.cli import artifacts, inspect, stages  # noqa: F401  (each registers its commands on ``app``)
+from detnas.cli import artifacts, config, inspect, stages  # noqa: F401  (each registers its commands on ``app``)
 from detnas.cli.app import app
 from detnas.errors import UserError
 from detnas.model.space import ArchError

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from detnas.errors import UserError
-from detnas.strict import M, validate
+from detnas.strict import M, describe_error, error_location
 
 
 def packaged_configs() -> dict[str, Path]:
@@ -54,10 +57,33 @@ def substitute(data, variables: dict[str, str | Path | None], source: Path):
     return _VARIABLE.sub(value, data)
 
 
-def load_config(path: str | Path, model: type[M], overrides: dict | None = None,
-                variables: dict[str, str | Path | None] | None = None) -> M:
-    """Read ``path`` as YAML into ``model``; ``overrides`` (dotted keys) are applied on top, and the
-    ``${name}`` of ``variables`` filled in (see ``substitute``)."""
+@dataclass(frozen=True)
+class Override:
+    """One setting given on the command line: a dotted key, its value, and how the user wrote it (what
+    an error in it names instead of the config file)."""
+
+    key: str
+    value: object
+    origin: str
+
+
+def parse_settings(items: list[str]) -> list[Override]:
+    """``--set KEY=VALUE`` options as overrides, each value read as YAML."""
+    out = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set takes KEY=VALUE (a dotted key such as search.max_flops=280e6), got {item!r}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise UserError(f"the value is not YAML: {getattr(e, 'problem', e)}", f"--set {item}") from None
+        out.append(Override(key, value, f"--set {item}"))
+    return out
+
+
+def read_config(path: str | Path) -> dict:
+    """The YAML mapping in ``path``; a missing, unreadable or malformed file is a one-line error."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -71,10 +97,49 @@ def load_config(path: str | Path, model: type[M], overrides: dict | None = None,
         raise UserError(f"malformed YAML{line}: {getattr(e, 'problem', e)}", path) from None
     if not isinstance(data, dict):
         raise UserError("config must be a mapping of keys to values", path)
-    for dotted, value in (overrides or {}).items():
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[Override]) -> dict:
+    """A copy of ``data`` with each override's dotted key set (missing sections are created)."""
+    data = copy.deepcopy(data)
+    for o in overrides:
         node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return validate(model, substitute(data, variables or {}, path), path)
+        *parents, leaf = o.key.split(".")
+        for i, p in enumerate(parents):
+            if node.get(p) is None:  # a missing or null section is created
+                node[p] = {}
+            node = node[p]
+            if not isinstance(node, dict):
+                raise UserError(f"{'.'.join(parents[:i + 1])} is a value, not a section", o.origin)
+        node[leaf] = o.value
+    return data
+
+
+def _blamed(where: str, message: str, overrides: list[Override]) -> Override | None:
+    """The override a validation error at ``where`` (a dotted key; "" for the whole config) is about."""
+    for o in overrides:
+        if where and (o.key == where or where.startswith(o.key + ".")):
+            return o
+        # a check of a whole section (or config) names the key it is about in its message
+        if o.key.startswith(f"{where}." if where else "") and o.key.rsplit(".", 1)[-1] in message:
+            return o
+    return None
+
+
+def validate_config(model: type[M], data: dict, path: str | Path, overrides: list[Override] = ()) -> M:
+    """``data`` as ``model``; an error is blamed on the override it is about, else on ``path``."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        message = describe_error(e)
+        culprit = _blamed(error_location(e), message, list(overrides))
+        raise UserError(message, culprit.origin if culprit else path) from None
+
+
+def load_config(path: str | Path, model: type[M], overrides: list[Override] = (),
+                variables: dict[str, str | Path | None] | None = None) -> M:
+    """Read ``path`` as YAML into ``model``; ``overrides`` are applied on top, and the ``${name}`` of
+    ``variables`` filled in (see ``substitute``)."""
+    data = apply_overrides(read_config(path), list(overrides))
+    return validate_config(model, substitute(data, variables or {}, path), path, overrides)

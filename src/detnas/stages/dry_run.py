@@ -1,180 +1,286 @@
-"""``detnas pipeline --dry-run``: what a pipeline run checks before its first step, and its plan; it
-writes nothing.
+"""``--dry-run`` of every stage command and of ``pipeline``: what the run checks before its first step,
+and its plan; it writes nothing.
 
 The data are read with the stages' own readers (so a dry run refuses what the run would refuse), the
 search budget and the path-sampling range are checked against the space, and the plan says, stage by
-stage, how many iterations and images it takes, what the detector costs at its input size, about how
-much memory a worker needs, and what the run folder already holds (finished, or where it resumes).
-Models are built on PyTorch's "meta" device: shapes without storage, so that even the Large-space
-supernet at 800x1333 costs no memory or time here.
+stage, how many iterations and images it takes and what the run folder already holds (finished, or
+where it resumes), what the detector costs at its input size, about how much memory a worker needs,
+whether each learning rate was set for this many workers (``dry_run_timing.lr_scaling``), and, from a
+few steps timed on this machine, about how long each stage will take.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
-
-from detnas.config.runs import FINETUNE, PRETRAIN, RANK_CHECK, is_finished, resume_point
-from detnas.config.schema import PipelineConfig
-from detnas.data.classification import ImageFolderDataset
-from detnas.data.holdout import carve_holdout
-from detnas.data.sources import load_detection, load_training_set
-from detnas.model.detector import build_detector, set_path
-from detnas.model.detector_flops import detector_macs
-from detnas.model.flops import cost_table, count_params, fmt_millions, sample_arch
-from detnas.model.space import SearchSpace, arch_to_str, get_space, to_arch
-from detnas.model.supernet import ShuffleNetBackbone
-from detnas.search.constraints import check_constraints
+from detnas.checkpoint import load_checkpoint
+from detnas.config.runs import CHECKPOINT, FINETUNE, PRETRAIN, RANK_CHECK, SPLIT_FILE, is_finished
+from detnas.config.schema import (
+    EvaluateConfig,
+    FinetuneConfig,
+    PipelineConfig,
+    PretrainConfig,
+    RankCheckStageConfig,
+    RetrainConfig,
+    ScheduleConfig,
+    SearchStageConfig,
+)
+from detnas.data.sources import load_detection, source_path
+from detnas.errors import UserError, read_json
+from detnas.model.flops import arch_cost, fmt_millions
+from detnas.model.space import Arch, SearchSpace, arch_to_str, get_space
+from detnas.stages import dry_run_checks as check
+from detnas.stages.dry_run_timing import StepTimer, duration, lr_scaling
 from detnas.stages.pipeline import planned_stages
 
-GB = 2**30
+Seconds = Callable[[StepTimer], float]  # a stage's estimated wall time, from the timed steps
 
 
-def dry_run(cfg: PipelineConfig, out: Path, workers: int = 1) -> list[str]:
-    """Check ``cfg`` and its data as the run would, and describe the run in ``out`` with ``workers``
-    workers, as lines of text. Raises the run's own one-line errors."""
-    space = get_space(cfg.space, cfg.width_mult)
-    lines = [f"config: {space.describe()} space, {cfg.detector.kind} detector, seed {cfg.seed}, {workers} worker(s)"]
-    data_lines, classes = _check_data(cfg)
-    lines += data_lines
-    lines += _check_budget(space, cfg)
-    lines += ["", f"plan (run folder {out}):"]
-    for name, folder in planned_stages(cfg, out):
-        lines.append(f"  {name:<28} {_state(folder):<20} {_work(cfg, name, workers)}")
-    lines += ["", *_detector_cost(space, cfg, classes["detection"]), *_memory(space, cfg, classes)]
+@dataclass
+class _Plan:
+    space: SearchSpace | None
+    amp: str = "auto"
+    lines: list[str] = field(default_factory=list)  # checks, then the plan's rows
+    details: list[str] = field(default_factory=list)  # detector cost, memory
+    schedules: list[tuple[str, ScheduleConfig]] = field(default_factory=list)  # by --set key, for lr_scaling
+    rows: list[tuple[str, Seconds]] = field(default_factory=list)  # stages still to run, timed
+
+
+def dry_run(stage: str, cfg, out: Path, workers: int = 1, estimate_steps: int = 0, **details) -> list[str]:
+    """Check ``cfg`` (the config of ``stage``) and its data as the run would, and describe the run in
+    ``out`` with ``workers`` workers, as lines of text; ``estimate_steps`` > 0 times that many steps
+    of each training for a time estimate. Raises the run's own one-line errors."""
+    plan = _PLANS[stage](cfg, Path(out), workers, **details)
+    lines = [*plan.lines]
+    lines += [""] + plan.details if plan.details else []
+    warnings = lr_scaling(plan.schedules, workers)
+    lines += [""] + warnings if warnings else []
+    if estimate_steps and plan.rows:
+        lines += ["", *_estimate(plan, estimate_steps)]
     lines.append("dry run: nothing was written")
     return lines
 
 
-def _check_data(cfg: PipelineConfig) -> tuple[list[str], dict[str, int]]:
-    """Read every dataset of the run as its stage will; (lines, number of classes of each kind of data)."""
-    lines, classes = [], {"classification": 1000}
-    needs_classification = cfg.pretrain is not None or cfg.retrain.pretrain is not None
-    if cfg.classification is not None and needs_classification:
-        train = ImageFolderDataset(cfg.classification.train)
-        val = ImageFolderDataset(cfg.classification.val)
-        classes["classification"] = len(train.classes)
-        lines.append(f"classification: {len(train):,} training images in {len(train.classes)} classes "
-                     f"({cfg.classification.train}), {len(val):,} validation images ({cfg.classification.val})")
-    det = cfg.detection
-    train = load_training_set(det.train)
-    where = det.train.annotations or det.train.root
-    carve_holdout(len(train), det.holdout.size, det.holdout.seed, where)  # refuses a split as large as train
-    classes["detection"] = len(train.categories)
-    lines.append(f"detection train: {len(train):,} images, {len(train.categories)} classes ({where}); "
-                 f"search split: {det.holdout.size:,} of them held out")
-    if det.test is not None:
-        test = load_detection(det.test)
-        lines.append(f"detection test: {len(test):,} images ({det.test.annotations or det.test.root})")
-    else:
-        lines.append("detection test: none (retraining needs detection.test)")
-    return lines, classes
-
-
-def _check_budget(space: SearchSpace, cfg: PipelineConfig) -> list[str]:
-    """The search constraints and the training paths' FLOPs range, each met by some architecture."""
-    check_constraints(space, cfg.search)  # a one-line error when none meets them
-    lo, hi = cost_table(space).body_range
-    budget = "none" if cfg.search.max_flops is None else fmt_millions(cfg.search.max_flops)
-    lines = [f"search budget: body FLOPs <= {budget} (the space spans {fmt_millions(lo)}-{fmt_millions(hi)}): "
-             "feasible"]
-    s = cfg.sampling
-    if s.min_flops is not None or s.max_flops is not None:
-        sample_arch(space, np.random.default_rng(cfg.seed), s.min_flops, s.max_flops)  # ArchError if none
-        lines.append("training paths' FLOPs range: feasible")
-    if cfg.eval.archs:
-        lines.append(f"eval.archs: {len(cfg.eval.archs)} architecture(s), all of the space")
+def _estimate(plan: _Plan, steps: int) -> list[str]:
+    timer = StepTimer(plan.space, plan.amp, steps)
+    lines = [f"time estimate from {steps} timed step{'s' if steps > 1 else ''} of each kind on {timer.describe()} "
+             "(an estimate: data loading, evaluation and communication between workers not included; "
+             "--estimate-steps 0 skips it):"]
+    total = 0.0
+    for name, seconds in plan.rows:
+        s = seconds(timer)
+        total += s
+        lines.append(f"  {name:<28} {duration(s)}")
+    if len(plan.rows) > 1:
+        lines.append(f"  {'total':<28} {duration(total)}")
     return lines
 
 
-def _work(cfg: PipelineConfig, name: str, workers: int) -> str:
-    """What stage ``name`` computes: iterations and images seen, or candidates evaluated."""
-
-    def training(schedule) -> str:
-        batch = schedule.batch_size * workers
-        return f"{schedule.iters:,} its x {batch} = {schedule.iters * batch:,} images"
-
-    if name == PRETRAIN:
-        return "pretrain " + training(cfg.pretrain.train)
-    if name == FINETUNE:
-        return "finetune " + training(cfg.finetune)
-    if name.startswith("search"):
-        n = cfg.search.budget
-        return (f"{n:,} candidates x ({cfg.fitness.recalib_images:,} recalibration + "
-                f"{cfg.detection.holdout.size:,} search-split images)")
-    if name == RANK_CHECK:
-        rc = cfg.rank_check
-        return f"{rc.archs} architectures scored and retrained alone x {rc.seeds} seeds"
-    parts = []
-    if cfg.retrain.pretrain is not None and cfg.classification is not None:
-        parts.append("pretrain " + training(cfg.retrain.pretrain))
-    start = "from the supernet's weights" if cfg.retrain.inherit else "detector"
-    return ", ".join([*parts, f"{start} " + training(cfg.retrain.train)])
+def _training(schedule: ScheduleConfig, per_image: Callable[[StepTimer], float]) -> Seconds:
+    return lambda timer: per_image(timer) * schedule.batch_size * schedule.iters
 
 
-def _state(folder: Path) -> str:
-    if is_finished(folder):
-        return "finished: skipped"
-    point = resume_point(folder)
-    return "to run" if point is None else f"resumes {point}"
+def _pretraining(cfg: PretrainConfig, workers: int, n_classes: int, arch: Arch | None = None) -> tuple[str, Seconds]:
+    return (check.training(cfg.train, workers),
+            _training(cfg.train, lambda t: t.classification(arch, cfg.data.image_size, cfg.train.batch_size,
+                                                            n_classes)))
 
 
-def _meta_detector(space: SearchSpace, arch, cfg: PipelineConfig, n_classes: int) -> nn.Module:
-    """The detector around ``arch`` (None: the supernet), built on the meta device."""
-    with torch.device("meta"):
-        return build_detector(ShuffleNetBackbone(space, arch), n_classes, cfg.detector)
+def _detection(cfg: FinetuneConfig, workers: int, n_classes: int, arch: Arch | None = None) -> tuple[str, Seconds]:
+    return (check.training(cfg.train, workers),
+            _training(cfg.train, lambda t: t.detection(arch, cfg.detector, cfg.train.batch_size, n_classes)))
 
 
-def _detector_cost(space: SearchSpace, cfg: PipelineConfig, n_classes: int) -> list[str]:
-    size = (cfg.detector.min_size, cfg.detector.max_size)
-    baseline = (0,) * space.num_blocks
-    macs = detector_macs(_meta_detector(space, baseline, cfg, n_classes), size)
-    parts = ", ".join(f"{k} {fmt_millions(v)}" for k, v in macs.items() if k != "total")
-    return [f"detector FLOPs of the ShuffleNetV2 baseline at {size[0]}x{size[1]} (the largest input): "
-            f"{fmt_millions(macs['total'])} ({parts})"]
+def _pretrain(cfg: PretrainConfig, out: Path, workers: int) -> _Plan:
+    space = get_space(cfg.space, cfg.width_mult)
+    plan = _Plan(space, cfg.amp, [f"config: {space.describe()} space supernet, seed {cfg.seed}, {workers} worker(s)"])
+    data, n_classes = check.classification_data(cfg.data)
+    plan.lines += [*data, *check.sampling(space, cfg.sampling, cfg.seed), *check.eval_archs(cfg.eval.archs)]
+    work, seconds = _pretraining(cfg, workers, n_classes)
+    plan.lines += ["", f"plan (run folder {out}):", f"  {PRETRAIN:<28} {check.state(out):<20} {work}"]
+    plan.details = [check.memory_header(space),
+                    check.pretrain_memory(space, cfg.data.image_size, cfg.train.batch_size, n_classes)]
+    plan.schedules = [("train", cfg.train)]
+    plan.rows = [(PRETRAIN, seconds)] if not is_finished(out) else []
+    return plan
 
 
-def _activation_bytes(model: nn.Module, forward) -> int:
-    """Bytes of the outputs of every leaf module in ``forward()``: about what backward keeps."""
-    total = 0
-
-    def hook(_m, _inp, out) -> None:
-        nonlocal total
-        if isinstance(out, torch.Tensor):
-            total += out.numel() * out.element_size()
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        forward()
-    finally:
-        for h in handles:
-            h.remove()
-    return total
+def _start(cfg: FinetuneConfig) -> str:
+    if cfg.init is None:
+        return "starts from random weights (init: none)"
+    if not Path(cfg.init).exists():
+        raise UserError("init: not found", cfg.init)
+    return f"starts from the backbone in {cfg.init}"
 
 
-def _memory(space: SearchSpace, cfg: PipelineConfig, classes: dict[str, int]) -> list[str]:
-    """Per-worker float32 memory of the two supernet trainings on their heaviest path: weights, gradients
-    and momentum of the whole supernet, and the activations of one batch."""
-    heaviest = to_arch(cost_table(space).macs.argmax(1))
-    lines = [f"estimated memory per worker (float32, heaviest path {arch_to_str(heaviest)}; weights, gradients, "
-             "momentum and activations; workspace and the CUDA context come on top):"]
-    if cfg.pretrain is not None and cfg.classification is not None:
-        size, batch = cfg.classification.image_size, cfg.pretrain.train.batch_size
-        with torch.device("meta"):
-            net = ShuffleNetBackbone(space, num_classes=classes["classification"])
-            x = torch.zeros(batch, 3, size, size)
-        act = _activation_bytes(net, lambda: net.classify(x, heaviest))
-        lines.append(f"  pretrain: {(3 * 4 * count_params(net) + act) / GB:.1f} GB "
-                     f"({batch} images of {size}x{size})")
-    det = _meta_detector(space, None, cfg, classes["detection"]).train()
-    set_path(det, heaviest)
-    batch, (h, w) = cfg.finetune.batch_size, (cfg.detector.min_size, cfg.detector.max_size)
-    with torch.device("meta"):
-        x = torch.zeros(batch, 3, h, w)
-    act = _activation_bytes(det.backbone, lambda: det.backbone(x))
-    lines.append(f"  finetune: {(3 * 4 * count_params(det) + act) / GB:.1f} GB ({batch} images of {h}x{w}; "
-                 "backbone and FPN activations, the detector heads' on top)")
-    return lines
+def _finetune(cfg: FinetuneConfig, out: Path, workers: int) -> _Plan:
+    space = get_space(cfg.space, cfg.width_mult)
+    plan = _Plan(space, cfg.amp, [f"config: {space.describe()} space supernet, {cfg.detector.kind} detector, "
+                                  f"seed {cfg.seed}, {workers} worker(s); {_start(cfg)}"])
+    data, n_classes = check.detection_data(cfg.data)
+    plan.lines += [*data, *check.sampling(space, cfg.sampling, cfg.seed), *check.eval_archs(cfg.eval.archs)]
+    work, seconds = _detection(cfg, workers, n_classes)
+    plan.lines += ["", f"plan (run folder {out}):", f"  {FINETUNE:<28} {check.state(out):<20} {work}"]
+    plan.details = [*check.detector_cost(space, cfg.detector, n_classes), check.memory_header(space),
+                    check.finetune_memory(space, cfg.detector, cfg.train.batch_size, n_classes)]
+    plan.schedules = [("train", cfg.train)]
+    plan.rows = [(FINETUNE, seconds)] if not is_finished(out) else []
+    return plan
+
+
+def _supernet(folder: Path) -> tuple[FinetuneConfig, int, int]:
+    """A finetuned supernet's config, number of classes and search-split size, as the search reads them."""
+    state = load_checkpoint(Path(folder) / CHECKPOINT, FINETUNE)
+    if state["step"] < state["config"]["train"]["iters"]:
+        raise UserError("the supernet's finetuning has not finished (resume it first)", Path(folder) / CHECKPOINT)
+    split = read_json(Path(folder) / SPLIT_FILE, "search split (finetune with data.holdout.size > 0)")
+    return FinetuneConfig.model_validate(state["config"]), len(state["classes"]), len(split.get("images", []))
+
+
+def _search(cfg: SearchStageConfig, out: Path, workers: int) -> _Plan:
+    ft, n_classes, split = _supernet(cfg.supernet)
+    space = get_space(ft.space, ft.width_mult)
+    plan = _Plan(space, cfg.amp, [f"supernet: {cfg.supernet} ({space.describe()} space, {ft.detector.kind} "
+                                  f"detector, {n_classes} classes; search split of {split:,} images)"])
+    plan.lines += check.budget(space, cfg.search)
+    images = cfg.fitness.recalib_images + split
+    plan.lines += ["", f"plan (run folder {out}):", f"  {'search (' + cfg.search.strategy + ')':<28} "
+                   f"{check.state(out):<20} {cfg.search.budget:,} candidates x ({cfg.fitness.recalib_images:,} "
+                   f"recalibration + {split:,} search-split images)"]
+    plan.rows = [] if is_finished(out) else [(
+        "search", lambda t: t.inference(ft.detector, cfg.fitness.batch_size, n_classes) * images
+        * cfg.search.budget / workers)]
+    return plan
+
+
+def _retrain_rows(cfg: RetrainConfig, workers: int, n_classes: int, arch: Arch | None, pretrain: bool,
+                  n_pretrain_classes: int) -> list[tuple[str, str, Seconds]]:
+    """(name, work, seconds) of a retraining's classification pretraining (if any) and detector training."""
+    rows = []
+    if pretrain and cfg.pretrain is not None:
+        rows.append(("pretrain", *_pretraining(cfg.pretrain_config(), workers, n_pretrain_classes, arch)))
+    start = "from the supernet's weights" if cfg.supernet is not None else "detector"
+    rows.append((start, *_detection(cfg, workers, n_classes, arch)))
+    return rows
+
+
+def _total(rows: list[tuple[str, str, Seconds]]) -> Seconds:
+    return lambda timer: sum(seconds(timer) for _, _, seconds in rows)
+
+
+def _retrain(cfg: RetrainConfig, out: Path, workers: int, arch: Arch, pretrain: bool = True) -> _Plan:
+    space = get_space(cfg.space, cfg.width_mult)
+    cost = arch_cost(space, arch)
+    plan = _Plan(space, cfg.amp, [f"architecture {arch_to_str(arch)} ({space.describe()} space, body FLOPs "
+                                  f"{fmt_millions(cost.body_flops)}), {cfg.detector.kind} detector, seed {cfg.seed}, "
+                                  f"{workers} worker(s)"])
+    n_pretrain_classes = 0
+    if pretrain and cfg.pretrain is not None:
+        data, n_pretrain_classes = check.classification_data(cfg.pretrain.data)
+        plan.lines += data
+        plan.schedules.append(("pretrain.train", cfg.pretrain.train))
+    if cfg.supernet is not None:
+        _supernet(cfg.supernet)
+        plan.lines.append(f"starts from its path's weights in the supernet {cfg.supernet}")
+    if cfg.data.test is None:
+        raise UserError("retraining reports on the test split: set data.test in the config")
+    data, n_classes = check.detection_data(cfg.data)
+    plan.lines += [*data, "", f"plan (run folder {out}):"]
+    for name, work, seconds in _retrain_rows(cfg, workers, n_classes, arch, pretrain, n_pretrain_classes):
+        plan.lines.append(f"  {name:<28} {work}")
+        plan.rows.append((name, seconds))
+    plan.lines.append(f"  {'':<28} {check.state(out)}")
+    plan.details = check.detector_cost(space, cfg.detector, n_classes, arch)
+    plan.schedules.append(("train", cfg.train))
+    if is_finished(out):
+        plan.rows = []
+    return plan
+
+
+def _rank_check(cfg: RankCheckStageConfig, out: Path, workers: int) -> _Plan:
+    ft, n_classes, split = _supernet(cfg.supernet)
+    space = get_space(ft.space, ft.width_mult)
+    rc, rt = cfg.rank_check, cfg.retrain
+    plan = _Plan(space, rt.amp, [f"supernet: {cfg.supernet} ({space.describe()} space, search split of "
+                                 f"{split:,} images)", *check.budget(space, cfg.search)])
+    data, _ = check.detection_data(rt.data, test_needed="the retrainings' test")
+    plan.lines += [*data, "", f"plan (run folder {out}):",
+                   f"  {RANK_CHECK:<28} {check.state(out):<20} {rc.archs} architectures scored on the supernet "
+                   f"and retrained alone x {rc.seeds} seeds"]
+    n_pretrain_classes = check.classification_data(rt.pretrain.data)[1] if rt.pretrain is not None else 0
+    retrain = _total(_retrain_rows(rt, workers, n_classes, None, True, n_pretrain_classes))
+    images = cfg.fitness.recalib_images + split
+    plan.rows = [] if is_finished(out) else [(RANK_CHECK, lambda t: rc.archs * (
+        rc.seeds * retrain(t) + t.inference(ft.detector, cfg.fitness.batch_size, n_classes) * images / workers))]
+    plan.schedules = [("retrain.train", rt.train)]
+    return plan
+
+
+def _evaluate(cfg: EvaluateConfig, out: Path, workers: int, checkpoint: Path) -> _Plan:
+    from detnas.artifacts.weights import load_trained_detector
+
+    _, info = load_trained_detector(checkpoint, "evaluate")
+    data = load_detection(cfg.data)
+    return _Plan(None, lines=[
+        f"checkpoint: {checkpoint} ({info['kind']} detector, arch {info['arch']}, {len(info['classes'])} classes)",
+        f"data: {len(data):,} images ({source_path(cfg.data)}), batches of {cfg.batch_size}, metric {cfg.metric}"])
+
+
+def _pipeline(cfg: PipelineConfig, out: Path, workers: int) -> _Plan:
+    space = get_space(cfg.space, cfg.width_mult)
+    plan = _Plan(space, cfg.amp, [f"config: {space.describe()} space, {cfg.detector.kind} detector, seed {cfg.seed}, "
+                                  f"{workers} worker(s)"])
+    pre_cfg = cfg.pretrain_config()
+    n_cls = 1000
+    if cfg.classification is not None and (pre_cfg is not None or cfg.retrain.pretrain is not None):
+        data, n_cls = check.classification_data(cfg.classification)
+        plan.lines += data
+    data, n_det = check.detection_data(cfg.detection, test_needed="retraining")
+    plan.lines += [*data, *check.budget(space, cfg.search), *check.sampling(space, cfg.sampling, cfg.seed),
+                   *check.eval_archs(cfg.eval.archs), "", f"plan (run folder {out}):"]
+    ft_cfg = cfg.finetune_config(None)
+    rt_cfg = cfg.retrain_config(out)
+    retrain = _retrain_rows(rt_cfg, workers, n_det, None, True, n_cls)
+    images = cfg.fitness.recalib_images + cfg.detection.holdout.size
+
+    def search(t: StepTimer) -> float:
+        return t.inference(cfg.detector, cfg.fitness.batch_size, n_det) * images * cfg.search.budget / workers
+
+    for name, folder in planned_stages(cfg, out):
+        if name == PRETRAIN:
+            work, seconds = _pretraining(pre_cfg, workers, n_cls)
+            work = "pretrain " + work
+        elif name == FINETUNE:
+            work, seconds = _detection(ft_cfg, workers, n_det)
+            work = "finetune " + work
+        elif name.startswith("search"):
+            work = (f"{cfg.search.budget:,} candidates x ({cfg.fitness.recalib_images:,} recalibration + "
+                    f"{cfg.detection.holdout.size:,} search-split images)")
+            seconds = search
+        elif name == RANK_CHECK:
+            rc = cfg.rank_check
+            work = f"{rc.archs} architectures scored and retrained alone x {rc.seeds} seeds"
+            seconds = (lambda t: rc.archs * (rc.seeds * _total(retrain)(t) + search(t) / cfg.search.budget))
+        else:
+            work, seconds = ", ".join(f"{n} {w}" for n, w, _ in retrain), _total(retrain)
+        plan.lines.append(f"  {name:<28} {check.state(folder):<20} {work}")
+        if not is_finished(folder):
+            plan.rows.append((name, seconds))
+    plan.details = [*check.detector_cost(space, cfg.detector, n_det), check.memory_header(space)]
+    if pre_cfg is not None:
+        plan.details.append(check.pretrain_memory(space, cfg.classification.image_size, pre_cfg.train.batch_size,
+                                                  n_cls))
+    plan.details.append(check.finetune_memory(space, cfg.detector, cfg.finetune.batch_size, n_det))
+    if pre_cfg is not None:
+        plan.schedules.append(("pretrain.train", pre_cfg.train))
+    plan.schedules.append(("finetune", cfg.finetune))
+    if rt_cfg.pretrain is not None:
+        plan.schedules.append(("retrain.pretrain", rt_cfg.pretrain.train))
+    plan.schedules.append(("retrain.train", cfg.retrain.train))
+    return plan
+
+
+_PLANS = {"pipeline": _pipeline, "pretrain": _pretrain, "finetune": _finetune, "search": _search,
+          "retrain": _retrain, "rank-check": _rank_check, "evaluate": _evaluate}
