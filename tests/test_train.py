@@ -472,17 +472,17 @@ def _foreign_init(kind: str, tmp: Path, pretrained: Path) -> tuple[Path, list[st
         save_checkpoint(path, {**{k: v for k, v in state.items() if k not in ("format", "version")},
                                "space": {"space": "small", "width_mult": 1.5}})
         return path, ["is for space small x1.5, this run uses small"]
-    if kind == "finetune stage":
+    if kind == "standalone network":  # a supernet's init must be a supernet
         state = read_ckpt(pretrained)
         save_checkpoint(path, {**{k: v for k, v in state.items() if k not in ("format", "version")},
-                               "stage": "finetune"})
-        return path, ["from stage 'finetune'", "expected pretrain"]
+                               "stage": "retrain-pretrain", "arch": "0" * 20})
+        return path, ["holds one standalone network", "a supernet needs every choice"]
     if kind == "missing":
         return tmp / "absent.pt", ["checkpoint not found"]
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind", ["not ours", "truncated", "pickled code", "other space", "finetune stage",
+@pytest.mark.parametrize("kind", ["not ours", "truncated", "pickled code", "other space", "standalone network",
                                   "missing"])
 def test_bad_init_checkpoint_is_a_one_line_error(kind, data, pretrained, tmp_path, cli_here):
     init, expect = _foreign_init(kind, tmp_path, pretrained)

@@ -33,16 +33,17 @@ def _read_torch(path: Path) -> dict:
     if path.is_dir():
         raise UserError("is a folder, not a weights file (a run's checkpoint is <run>/checkpoint.pt)", path)
     if not path.is_file():
-        raise UserError("weights file not found", path)
+        raise UserError("checkpoint not found", path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise UserError("holds Python objects that a weights-only load refuses to unpickle (save its "
-                        "state_dict instead)", path) from None
+        raise UserError("not a detnas checkpoint nor a state dict: it holds Python objects that a weights-only "
+                        "load refuses to unpickle (save the model's state_dict instead)", path) from None
     except Exception as e:  # RuntimeError, OSError, EOFError... on damaged or foreign files
-        raise UserError(f"not a readable torch file: {' '.join(str(e).split())[:160]}", path) from None
+        raise UserError(f"not a readable checkpoint (truncated, damaged or not a torch file): "
+                        f"{' '.join(str(e).split())[:160]}", path) from None
     if not isinstance(data, dict):
         raise UserError(f"expected a dict of tensors, found {type(data).__name__}", path)
     return data

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from detnas.config.tracking import WandbConfig
 from detnas.model.amp import AmpSetting
 from detnas.model.detector_config import DetectorConfig
 from detnas.model.voc_metric import Metric
@@ -91,6 +92,7 @@ class LoggingConfig(StrictModel):
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(100, ge=1)
     progress: bool = True
+    wandb: WandbConfig | None = None  # mirror the TensorBoard scalars and the config to W&B
 
 
 class ClassificationData(StrictModel):

@@ -34,6 +34,7 @@ from detnas.model.evaluate import (
 from detnas.model.growth import GROW_IMAGES, grow_choices
 from detnas.model.space import Arch, SearchSpace, arch_to_str, get_space, parse_arch
 from detnas.model.supernet import ShuffleNetBackbone, path_state
+from detnas.stages.tracking import LossParts
 from detnas.stages.train import Job, path_for_step, run_training
 
 
@@ -129,10 +130,11 @@ def arch_schedule(space: SearchSpace, cfg, arch: Arch | None, grow_iters: int = 
 
 
 def load_init(model: ShuffleNetBackbone, path: Path) -> None:
-    """Initialise ``model`` from ``init:`` (see ``artifacts/init_weights.py``), saying so on the main process."""
+    """Initialise ``model`` from ``init:`` (see ``artifacts/init_weights.py``); the main process prints
+    what the user should know about those weights, if anything."""
     note = load_init_weights(model, path)
-    if is_main():
-        print(f"init: {path}" + (f" ({note})" if note else ""), file=sys.stderr)
+    if note and is_main():
+        print(f"note: init {path}: {note}", file=sys.stderr)
 
 
 def load_path_weights(detector: torch.nn.Module, ckpt_path: Path, arch: Arch, space: dict) -> None:
@@ -171,11 +173,14 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None, i
     if inherit is not None:
         load_path_weights(model, inherit, arch, space_meta(cfg))
 
+    parts = LossParts()
+
     def loss(model, batch, arch, device):
         images, targets = batch
         set_path(model, arch)
         targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
         losses = model([im.to(device, non_blocking=True) for im in images], targets)
+        parts.add(losses)
         return sum(losses.values()), len(images)
 
     def final_eval(model) -> dict:
@@ -209,6 +214,7 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None, i
          "config": cfg.model_dump(mode="json")},
         # written by the training loop once it knows that ``out_dir`` holds no other run
         write_files=None if holdout is None else lambda out: holdout.save_coco(Path(out) / SPLIT_FILE),
+        loss_parts=parts,
     )
 
 
