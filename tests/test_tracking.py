@@ -9,10 +9,10 @@ import time
 import pytest
 import torch
 import yaml
-from data_builders import coco_source, finetune_cfg, make_coco
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
+from data_builders import coco_source, finetune_cfg, make_coco
 from detnas.config.runs import LOG_FILE
 from detnas.stages.tracking import LossParts, Tracker, log_search, numeric_leaves
 
