@@ -78,9 +78,14 @@ class StageInput:
         every worker checks, the first one prints) and return True; else False."""
         if not self.dry_run:
             return False
+        from detnas.config.loader import find_config, read_config
+        from detnas.config.stages import is_pipeline_config
         from detnas.stages.dry_run import dry_run
 
-        lines = dry_run(self.stage, cfg, out, int(os.environ.get("WORLD_SIZE", 1)), self.estimate_steps, **details)
+        derived = self.stage != "pipeline" and self.config is not None and is_pipeline_config(
+            read_config(find_config(self.config)))
+        lines = dry_run(self.stage, cfg, out, int(os.environ.get("WORLD_SIZE", 1)), self.estimate_steps,
+                        set_keys=not derived, **details)
         if os.environ.get("RANK", "0") == "0":
             print("\n".join(lines))
         return True

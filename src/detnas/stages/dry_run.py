@@ -48,14 +48,16 @@ class _Plan:
     rows: list[tuple[str, Seconds]] = field(default_factory=list)  # stages still to run, timed
 
 
-def dry_run(stage: str, cfg, out: Path, workers: int = 1, estimate_steps: int = 0, **details) -> list[str]:
+def dry_run(stage: str, cfg, out: Path, workers: int = 1, estimate_steps: int = 0, set_keys: bool = True,
+            **details) -> list[str]:
     """Check ``cfg`` (the config of ``stage``) and its data as the run would, and describe the run in
     ``out`` with ``workers`` workers, as lines of text; ``estimate_steps`` > 0 times that many steps
-    of each training for a time estimate. Raises the run's own one-line errors."""
-    plan = _PLANS[stage](cfg, Path(out), workers, **details)
+    of each training for a time estimate; ``set_keys``: ``cfg``'s keys are those ``--set`` changes (not
+    so for a stage's part of a pipeline config). Raises the run's own one-line errors."""
+    plan = _PLANS[stage](cfg, None if out is None else Path(out), workers, **details)
     lines = [*plan.lines]
     lines += [""] + plan.details if plan.details else []
-    warnings = lr_scaling(plan.schedules, workers)
+    warnings = lr_scaling(plan.schedules, workers, as_set=set_keys)
     lines += [""] + warnings if warnings else []
     if estimate_steps and plan.rows:
         lines += ["", *_estimate(plan, estimate_steps)]
@@ -218,7 +220,7 @@ def _rank_check(cfg: RankCheckStageConfig, out: Path, workers: int) -> _Plan:
     return plan
 
 
-def _evaluate(cfg: EvaluateConfig, out: Path, workers: int, checkpoint: Path) -> _Plan:
+def _evaluate(cfg: EvaluateConfig, out: Path | None, workers: int, checkpoint: Path) -> _Plan:
     from detnas.artifacts.weights import load_trained_detector
 
     _, info = load_trained_detector(checkpoint, "evaluate")

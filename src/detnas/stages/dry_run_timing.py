@@ -7,8 +7,8 @@ largest input (min_size x max_size: real images are as large or smaller), and a 
 inference; each on a new random path of the supernet (or the one architecture of a retraining), in
 the run's precision and memory layout. On a GPU each step is the worker's whole batch, after one
 untimed step (allocation, cuDNN's choice of algorithms); on a CPU, whose time grows with the images
-it computes, one image of it, the time scaled to the batch: a CPU estimate of a full-size run stays
-a minute or so. Data loading, evaluation and the communication between workers are not timed: the
+it computes, ``CPU_IMAGES`` of it, the time scaled to the batch: a CPU estimate of a full-size run
+stays a minute or two. Data loading, evaluation and the communication between workers are not timed: the
 estimate is a lower bound for a run whose data or network keeps up.
 """
 
@@ -31,10 +31,13 @@ from detnas.model.layout import apply_layout
 from detnas.model.space import Arch, SearchSpace
 from detnas.model.supernet import ShuffleNetBackbone
 
+CPU_IMAGES = 2  # images per timed step on a CPU; BatchNorm in training mode needs two
 
-def lr_scaling(schedules: list[tuple[str, ScheduleConfig]], workers: int) -> list[str]:
+
+def lr_scaling(schedules: list[tuple[str, ScheduleConfig]], workers: int, as_set: bool = False) -> list[str]:
     """A warning for each schedule (named by its key) whose lr was set for another whole batch than
-    ``workers`` x its batch size, with the lr the linear scaling rule gives (Goyal et al. 2017)."""
+    ``workers`` x its batch size, with the lr the linear scaling rule gives (Goyal et al. 2017);
+    ``as_set``: the keys are the config file's, so the warning says the ``--set`` that changes it."""
     lines = []
     for key, s in schedules:
         batch = workers * s.batch_size
@@ -45,7 +48,7 @@ def lr_scaling(schedules: list[tuple[str, ScheduleConfig]], workers: int) -> lis
                 if s.lr_batch % s.batch_size == 0 else "")
         lines.append(f"warning: {key}: lr {s.lr:g} was set for a batch of {s.lr_batch} images, this run's is "
                      f"{workers} worker(s) x {s.batch_size} = {batch}: linear scaling gives lr {scaled:.4g} "
-                     f"(--set {key}.lr={scaled:.4g}){same}")
+                     f"({'--set ' if as_set else 'set '}{key}.lr={scaled:.4g}){same}")
     return lines
 
 
@@ -81,7 +84,7 @@ class StepTimer:
         return f"{self.device} ({name}), {precision}"
 
     def _images(self, batch: int) -> int:
-        return batch if self.device.type == "cuda" else 1
+        return batch if self.device.type == "cuda" else min(batch, CPU_IMAGES)
 
     def _path(self, arch: Arch | None) -> Arch:
         return arch if arch is not None else sample_arch(self.space, self.rng)
