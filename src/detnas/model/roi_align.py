@@ -8,6 +8,10 @@ table (for channels-last maps each level's part of it is a free view), and its b
 of whole channel vectors. The sample points, their clamping at the borders and the bilinear weights are
 torchvision's (``aligned=False``, as ``MultiScaleRoIAlign`` uses it), so the two agree to float rounding
 (``tests/test_channels_last.py``). Inference takes as long either way.
+
+It reuses two private helpers of ``torchvision.ops.poolers`` (how a pooler finds its feature maps and
+its levels' scales). A torchvision without them runs its own RoIAlign, slower on the CPU but the same
+(``tests/test_packaging.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign
-from torchvision.ops.poolers import LevelMapper, _filter_input, _setup_scales
+
+try:
+    from torchvision.ops.poolers import LevelMapper, _filter_input, _setup_scales
+except ImportError:  # private in torchvision: another version may move them
+    LevelMapper = _filter_input = _setup_scales = None
 
 
 def _axis(v: Tensor, size: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -88,12 +96,14 @@ def multiscale_roi_align(features: list[Tensor], boxes: list[Tensor], output_siz
 
 class GatherMultiScaleRoIAlign(MultiScaleRoIAlign):
     """torchvision's ``MultiScaleRoIAlign`` (same arguments and results), gathering on the CPU;
-    on other devices, with an adaptive sampling ratio, and when traced (ONNX) it is torchvision's."""
+    on other devices, with an adaptive sampling ratio, when traced (ONNX), and without torchvision's
+    private helpers, it is torchvision's."""
 
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
-        features = _filter_input(x, self.featmap_names)
-        if features[0].device.type != "cpu" or self.sampling_ratio <= 0 or torch.jit.is_tracing():
+        on_cpu = next(iter(x.values())).device.type == "cpu"
+        if not on_cpu or _setup_scales is None or self.sampling_ratio <= 0 or torch.jit.is_tracing():
             return super().forward(x, boxes, image_shapes)
+        features = _filter_input(x, self.featmap_names)
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
                                                          self.canonical_level)
