@@ -115,6 +115,17 @@ def test_finetune_dry_run_with_a_real_estimate(data_root, tmp_path, cli_here):
     assert not (tmp_path / "ft").exists()
 
 
+def test_init_from_the_command_line(data_root, tmp_path, cli_here):
+    weights = tmp_path / "backbone.safetensors"
+    weights.write_bytes(b"")
+    for stage in ("pretrain", "finetune"):
+        args = (stage, "--config", "coco-fpn-small", "--data-root", data_root, *SMALL, "--out", tmp_path / "o",
+                "--dry-run")
+        assert f"starts from the backbone in {weights}" in cli_here(*args, "--init", weights).stdout
+        assert "starts from random weights (init: none)" in cli_here(*args).stdout
+        one_line_error(cli_here(*args, "--init", tmp_path / "nope.pt", check=False), "nope.pt: init: not found")
+
+
 def test_search_rank_check_and_retrain_dry_runs(data_root, supernet, tmp_path, cli_here):
     before = files_under(supernet)
     common = ("--config", "coco-fpn-small", "--data-root", data_root, *SMALL)

@@ -75,7 +75,7 @@ class StageInput:
 
     def plan(self, cfg, out: Path, **details) -> bool:
         """With ``--dry-run``: check ``cfg`` and its data as the run would, print the plan (under torchrun
-        every worker checks, the first one prints) and return True; else False."""
+        every worker checks, the first one times the steps and prints) and return True; else False."""
         if not self.dry_run:
             return False
         from detnas.config.loader import find_config, read_config
@@ -84,9 +84,10 @@ class StageInput:
 
         derived = self.stage != "pipeline" and self.config is not None and is_pipeline_config(
             read_config(find_config(self.config)))
-        lines = dry_run(self.stage, cfg, out, int(os.environ.get("WORLD_SIZE", 1)), self.estimate_steps,
+        main = os.environ.get("RANK", "0") == "0"
+        lines = dry_run(self.stage, cfg, out, int(os.environ.get("WORLD_SIZE", 1)), self.estimate_steps if main else 0,
                         set_keys=not derived, **details)
-        if os.environ.get("RANK", "0") == "0":
+        if main:
             print("\n".join(lines))
         return True
 

@@ -23,10 +23,15 @@ def _option(key: str, value, origin: str) -> list:
     return [] if value is None else [Override(key, value, origin)]
 
 
+InitOpt = Annotated[Optional[Path], typer.Option(
+    "--init", help="starting weights (the config's init): one of our checkpoints, an export's .safetensors, or the "
+                   "DetNAS authors' released model")]
+
+
 @stage_command("pretrain")
-def pretrain(stage: StageInput, out: OutOpt = None, resume: ResumeOpt = False) -> None:
+def pretrain(stage: StageInput, init: InitOpt = None, out: OutOpt = None, resume: ResumeOpt = False) -> None:
     """Stage 1: train the supernet on classification data, one uniformly sampled path per step."""
-    cfg = stage.load()
+    cfg = stage.load(options=_option("init", init and str(init), f"--init {init}"))
     out = out or Path("runs/pretrain")
     if stage.plan(cfg, out):
         return
@@ -36,9 +41,9 @@ def pretrain(stage: StageInput, out: OutOpt = None, resume: ResumeOpt = False) -
 
 
 @stage_command("finetune")
-def finetune(stage: StageInput, out: OutOpt = None, resume: ResumeOpt = False) -> None:
+def finetune(stage: StageInput, init: InitOpt = None, out: OutOpt = None, resume: ResumeOpt = False) -> None:
     """Stage 2: finetune the supernet inside a detector (FPN or RetinaNet), path-wise."""
-    cfg = stage.load()
+    cfg = stage.load(options=_option("init", init and str(init), f"--init {init}"))
     out = out or Path("runs/finetune")
     if stage.plan(cfg, out):
         return

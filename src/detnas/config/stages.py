@@ -60,7 +60,7 @@ def from_pipeline(stage: str, cfg: PipelineConfig, source: Path, supernet: Path 
         if cfg.pretrain_config() is None:
             raise UserError("this pipeline has no supernet pretraining (pretrain or classification is null)", source)
         return cfg.pretrain_config()
-    if stage == "finetune":  # from scratch, as `init` is the pipeline's own pretraining folder
+    if stage == "finetune":  # the pipeline starts it from its own pretrain/: here from --init, else from scratch
         return cfg.finetune_config(init=None)
     if stage == "search":
         return cfg.search_config(_need_supernet(supernet, stage, source), cfg.search.strategy)

@@ -97,7 +97,8 @@ def _detection(cfg: FinetuneConfig, workers: int, n_classes: int, arch: Arch | N
 
 def _pretrain(cfg: PretrainConfig, out: Path, workers: int) -> _Plan:
     space = get_space(cfg.space, cfg.width_mult)
-    plan = _Plan(space, cfg.amp, [f"config: {space.describe()} space supernet, seed {cfg.seed}, {workers} worker(s)"])
+    plan = _Plan(space, cfg.amp, [f"config: {space.describe()} space supernet, seed {cfg.seed}, {workers} worker(s); "
+                                  f"{_start(cfg)}"])
     data, n_classes = check.classification_data(cfg.data)
     plan.lines += [*data, *check.sampling(space, cfg.sampling, cfg.seed), *check.eval_archs(cfg.eval.archs)]
     work, seconds = _pretraining(cfg, workers, n_classes)
@@ -109,7 +110,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, workers: int) -> _Plan:
     return plan
 
 
-def _start(cfg: FinetuneConfig) -> str:
+def _start(cfg: PretrainConfig | FinetuneConfig) -> str:
     if cfg.init is None:
         return "starts from random weights (init: none)"
     if not Path(cfg.init).exists():
