@@ -1,4 +1,4 @@
-"""The four choice blocks of the DetNAS search space (SPEC section 2), stride 1 and stride 2.
+"""The four choice blocks of the DetNAS search space, stride 1 and stride 2.
 
 Built from torchvision's ``Conv2dNormActivation`` (conv without bias + BN [+ ReLU]).
 """

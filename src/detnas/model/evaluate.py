@@ -1,7 +1,7 @@
 """Evaluating one path: BatchNorm recalibration, classification top-1 and detection mAP.
 
 A supernet's BN running statistics mix every path that ever ran through a block, so a path is only
-judged fairly after its statistics are recomputed on training images (SPEC section 4). We recalibrate
+judged fairly after its statistics are recomputed on training images (as the DetNAS paper does). We recalibrate
 an *extracted* standalone network, which leaves the supernet untouched and runs only the path.
 """
 

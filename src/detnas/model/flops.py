@@ -1,6 +1,6 @@
 """FLOPs (multiply-accumulates) and parameters, analytically and by hooks on real modules.
 
-Convention (SPEC section 3): MACs of Conv2d and Linear only; BN, ReLU and bias are not counted.
+Convention (the DetNAS paper's): MACs of Conv2d and Linear only; BN, ReLU and bias are not counted.
 "Body" = stem + searchable blocks; "full" = body + last 1x1 conv + a ``num_classes``-way linear.
 The analytic counter builds a per-position cost table once per (space, input size), so checking a
 candidate against a budget is a table look-up, never a model copy.

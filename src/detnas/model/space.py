@@ -1,4 +1,4 @@
-"""Search spaces of DetNAS (SPEC section 2), architecture encoding and named presets.
+"""Search spaces of DetNAS (the paper's Small and Large), architecture encoding and named presets.
 
 An architecture is a tuple of choice indices, one per searchable block:
 0/1/2 = ShuffleNetV2 block with a 3x3/5x5/7x7 depthwise kernel, 3 = Xception-style block.
