@@ -130,4 +130,4 @@ def _search(cfg: SearchStageConfig, out_dir: Path, resume: bool) -> SearchResult
 
     return run_search(evaluator.space, cfg.search, evaluator, out_dir, resume=resume, progress=cfg.progress,
                       evaluator_identity=evaluator.identity(), before_finish=fitness_check,
-                      at_safe_point=preemption.stop_if_requested)
+                      at_safe_point=lambda saved: preemption.stop_if_requested(f"search in {out_dir}: {saved}"))
