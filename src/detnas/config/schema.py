@@ -8,19 +8,16 @@ Defaults follow the authors' recipes (the DetNAS paper and its code) scaled down
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from detnas.config.data_schema import ClassificationData, DataWorkers, DetectionData, DetectionSource
 from detnas.config.tracking import WandbConfig
 from detnas.model.amp import AmpSetting
 from detnas.model.detector_config import DetectorConfig
 from detnas.model.voc_metric import Metric
-from detnas.strict import StrictModel, validate
-
-# DataLoader worker processes per training process; "auto" (the default): from the CPU count, see
-# data.loading.data_workers
-DataWorkers = Annotated[int, Field(ge=0)] | Literal["auto"]
+from detnas.strict import StrictModel
 
 
 class SpaceConfig(StrictModel):
@@ -93,47 +90,6 @@ class LoggingConfig(StrictModel):
     checkpoint_every: int = Field(100, ge=1)
     progress: bool = True
     wandb: WandbConfig | None = None  # mirror the TensorBoard scalars and the config to W&B
-
-
-class ClassificationData(StrictModel):
-    train: Path
-    val: Path
-    image_size: int = Field(32, ge=8)
-    flip: bool = False
-    workers: DataWorkers = "auto"
-
-
-class DetectionSource(StrictModel):
-    """A COCO (annotation JSON + image folder) or Pascal VOC (root with Annotations/, JPEGImages/) set."""
-
-    format: Literal["coco", "voc"] = "coco"
-    annotations: Path | None = None  # coco
-    images: Path | None = None  # coco
-    root: Path | None = None  # voc
-    split: str | None = None  # voc: ImageSets/Main/<split>.txt
-
-    @model_validator(mode="after")
-    def _fields_of_the_format(self):
-        need = ("annotations", "images") if self.format == "coco" else ("root",)
-        missing = [k for k in need if getattr(self, k) is None]
-        if missing:
-            raise ValueError(f"a {self.format} data source needs {' and '.join(missing)}")
-        return self
-
-
-class HoldoutConfig(StrictModel):
-    """The search split: images carved out of the training set by a seeded draw, never trained on."""
-
-    size: int = Field(0, ge=0)
-    seed: int = 0
-
-
-class DetectionData(StrictModel):
-    train: DetectionSource | Annotated[list[DetectionSource], Field(min_length=1)]  # several: one set (VOC 07+12)
-    test: DetectionSource | None = None
-    holdout: HoldoutConfig = HoldoutConfig()
-    flip: bool = True
-    workers: DataWorkers = "auto"
 
 
 class RecalibConfig(StrictModel):
@@ -424,14 +380,7 @@ class PipelineConfig(SpaceConfig):
         return RetrainConfig(**self.common(), data=data, detector=self.detector, train=self.retrain.train,
                              eval=self.eval, pretrain=pretrain, supernet=finetune_dir if self.retrain.inherit else None)
 
-    def rank_check_config(self, finetune_dir: Path, include: list[str], other_supernets: list[Path] = (),
-                          seeds: int | None = None) -> RankCheckStageConfig:
-        """The rank check of ``finetune_dir`` (and ``other_supernets``), with ``seeds`` retrainings per
-        architecture instead of the recipe's when given (0: the supernets' agreement alone)."""
-        recipe = self.rank_check or RankCheckRecipe()
-        if seeds is not None:
-            recipe = validate(RankCheckRecipe, {**recipe.model_dump(), "seeds": seeds}, "--seeds")
-        return validate(RankCheckStageConfig, {
-            "supernet": finetune_dir, "other_supernets": list(other_supernets), "fitness": self.fitness,
-            "search": self.search, "retrain": self.retrain_config(finetune_dir), "rank_check": recipe,
-            "include": include}, "--supernet")
+    def rank_check_config(self, finetune_dir: Path, include: list[str]) -> RankCheckStageConfig:
+        return RankCheckStageConfig(supernet=finetune_dir, fitness=self.fitness, search=self.search,
+                                    retrain=self.retrain_config(finetune_dir),
+                                    rank_check=self.rank_check or RankCheckRecipe(), include=include)
