@@ -5,6 +5,8 @@ at stride 2 the projection half exactly, the branch half fitted to it), growth m
 choice 0, and a run resumed across the growth step must equal an uninterrupted one.
 """
 
+import functools
+
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ from detnas.model import growth as supernet_growth
 from detnas.model.growth import grow_choices
 from detnas.model.space import get_space
 from detnas.model.supernet import ShuffleNetBackbone
+from detnas.stages import jobs
 from detnas.stages.jobs import pretrain_job
 from detnas.stages.train import run_training
 from interruption import Interrupted, interrupt_at
@@ -128,14 +131,22 @@ def run(cfg, out, resume=False, interrupt=None):
     return job, trained
 
 
-def test_choice_0_alone_until_grow_iters_then_uniform_paths(tmp_path):
+@pytest.fixture
+def quick_fit(monkeypatch):
+    """Growth inside a training run fits the stride-2 Xception branches for 10 steps, not 300: the tests
+    below check when growth happens and that a resume replays it exactly, not how well it fits (the
+    tests above do)."""
+    monkeypatch.setattr(jobs, "grow_choices", functools.partial(grow_choices, fit_steps=10))
+
+
+def test_choice_0_alone_until_grow_iters_then_uniform_paths(tmp_path, quick_fit):
     _, trained = run(config(tmp_path), tmp_path / "run")
     assert trained[:3] == [(0,) * 20] * 3
     assert all(any(c != 0 for c in arch) for arch in trained[3:])
 
 
 @pytest.mark.parametrize("stop", [3, 4])  # on the growth step, and after it
-def test_a_run_resumed_across_the_growth_equals_an_uninterrupted_one(tmp_path, stop):
+def test_a_run_resumed_across_the_growth_equals_an_uninterrupted_one(tmp_path, stop, quick_fit):
     cfg = config(tmp_path)
     whole, _ = run(cfg, tmp_path / "whole")
     parts, _ = run(cfg, tmp_path / "parts", interrupt=stop)

@@ -362,14 +362,14 @@ def _kill_when_checkpointed(args: list, out: Path, timeout: float = 240) -> int:
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
-def test_resume_after_kill_9_equals_an_uninterrupted_run(stage, data, pretrained, tmp_path):
+def test_resume_after_kill_9_equals_an_uninterrupted_run(stage, data, pretrained, tmp_path, cli_here):
     if stage == "pretrain":
         cfg = pretrain_cfg(data, iters=16)
     else:
         cfg = finetune_cfg(coco(data), pretrained / CHECKPOINT, train={"iters": 8})
     cfg["logging"]["checkpoint_every"] = 2
     config = write_yaml(tmp_path / "cfg.yaml", cfg)
-    cli(stage, "--config", config, "--out", tmp_path / "whole")
+    cli_here(stage, "--config", config, "--out", tmp_path / "whole")  # the reference: no process of its own
     killed_at = _kill_when_checkpointed([stage, "--config", config, "--out", tmp_path / "killed"],
                                         tmp_path / "killed")
     assert 2 <= killed_at < cfg["train"]["iters"]
@@ -379,11 +379,11 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(stage, data, pretrained
     assert tensorboard_steps(tmp_path / "killed", f"{stage}/loss") == list(range(1, cfg["train"]["iters"] + 1))
 
 
-def test_kill_9_while_saving_a_checkpoint_keeps_the_previous_one(data, tmp_path):
+def test_kill_9_while_saving_a_checkpoint_keeps_the_previous_one(data, tmp_path, cli_here):
     cfg = pretrain_cfg(data, iters=6)
     cfg["logging"]["checkpoint_every"] = 2
     config = write_yaml(tmp_path / "cfg.yaml", cfg)
-    cli("pretrain", "--config", config, "--out", tmp_path / "whole")
+    cli_here("pretrain", "--config", config, "--out", tmp_path / "whole")
     # dies between writing the temp file of the step-4 checkpoint and renaming it into place
     r = subprocess.run([sys.executable, __file__, "kill-in-save", str(config), str(tmp_path / "killed"), "1"],
                        env=ENV, capture_output=True, text=True, timeout=300)
