@@ -17,7 +17,7 @@ from detnas.strict import validate
 pytestmark = pytest.mark.slow
 
 
-def test_every_evaluated_path_reaches_80_percent_of_its_standalone_top1(tmp_path_factory, two_threads):
+def test_every_evaluated_path_reaches_80_percent_of_its_standalone_top1(tmp_path_factory, one_thread):
     raw = demo_config(tmp_path_factory.mktemp("demo_data"))
     raw["eval"] = {"recalib_images": 256, "batch_size": 64}  # default paths: all-3x3, all-Xception, a random one
     raw["logging"] = {"log_every": 50, "checkpoint_every": 1000, "progress": False}
