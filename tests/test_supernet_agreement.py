@@ -13,6 +13,7 @@ import pytest
 from detnas.stages.rank_stats import kendall_tau
 from detnas.stages.supernet_agreement import (
     AGREE_TAU,
+    describe_agreement,
     pairwise_taus,
     split_half_taus,
     supernet_agreement,
@@ -74,3 +75,19 @@ def test_the_extrapolation_holds_on_simulated_supernets():
 
     taus = [kendall_tau(ensemble(), ensemble()) for _ in range(5)]
     assert np.mean(taus) == pytest.approx(AGREE_TAU, abs=0.06)
+
+
+def test_the_agreement_in_words_for_the_console_and_the_report():
+    from detnas.stages.report import _supernet_agreement
+
+    rng = np.random.default_rng(3)
+    agreement = supernet_agreement(rng.normal(size=(4, 8)).tolist())
+    agreement.update({"each_vs_standalone": [0.1, 0.2, -0.3, 0.4],
+                      "ensemble_vs_standalone": {"kendall_tau": 0.25, "kendall_tau_ci95": [-0.1, 0.5]}})
+    facts = describe_agreement(agreement)
+    assert facts[0].startswith("4 supernets") and f"mean {agreement['mean_tau']:.2f}" in facts[0]
+    assert "0.10, 0.20, -0.30, 0.40; their mean fitness's: 0.25 (-0.10 to 0.50)" == facts[1].split("AP: ")[1]
+    assert facts[2] == agreement["verdict"]
+    paragraph = _supernet_agreement(agreement)[0]
+    assert paragraph.startswith("4 supernets") and ". Each supernet's tau" in paragraph
+    assert paragraph.endswith(f"In words: {agreement['verdict']}.")

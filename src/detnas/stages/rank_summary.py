@@ -19,7 +19,7 @@ from detnas.stages.rank_stats import (
     tau_interval,
     topk_hit_rate,
 )
-from detnas.stages.supernet_agreement import supernet_agreement
+from detnas.stages.supernet_agreement import describe_agreement, supernet_agreement
 
 # The effect a verdict needs besides an interval clear of 0: |tau| at least this. At 0.3 three pairs in
 # five are in the right order (concordant fraction (1 + tau) / 2 = 0.65): less would hardly steer a search.
@@ -149,20 +149,8 @@ def _interval(p: dict) -> str:
 
 def print_summary(summary: dict) -> None:
     lines = []
-    agreement = summary.get("supernets")
-    if agreement is not None:
-        lo, hi = agreement["tau_range"]
-        text = (f"rank-check: {len(agreement['pairwise_tau'])} supernets, tau between every two: mean "
-                f"{agreement['mean_tau']:.2f} (from {lo:.2f} to {hi:.2f})")
-        halves = agreement["split_half_tau"]
-        if halves:
-            text += f", between halves' mean fitness {sum(halves) / len(halves):.2f}"
-        lines.append(text)
-        if "ensemble_vs_standalone" in agreement:
-            lines.append("rank-check: each supernet's tau with the standalone mAP: " + ", ".join(
-                f"{t:.2f}" for t in agreement["each_vs_standalone"]) + "; their mean fitness's: "
-                + _interval(agreement["ensemble_vs_standalone"]))
-        lines.append(f"rank-check: {agreement['verdict']}")
+    if summary.get("supernets") is not None:
+        lines += [f"rank-check: {sentence}" for sentence in describe_agreement(summary["supernets"])]
     agree, ceiling = summary.get("fitness_vs_standalone"), summary.get("ceiling")
     if agree is None:
         print("\n".join(lines), flush=True)

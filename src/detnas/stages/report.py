@@ -26,6 +26,7 @@ from detnas.config.runs import (
     retrain_dir,
 )
 from detnas.search.fitness_check import NEAR_ZERO_MAP, read_warnings
+from detnas.stages.supernet_agreement import describe_agreement
 
 GALLERY_IMAGES = 3  # test images shown with the searched and the baseline detections
 GALLERY_SCORE = 0.3  # the gallery draws detections scoring at least this
@@ -173,17 +174,8 @@ def _supernet_agreement(agreement: dict | None) -> list[str]:
     """How several supernets' fitness orders agree (rank checks with more than one ``--supernet``)."""
     if agreement is None:
         return []
-    lo, hi = agreement["tau_range"]
-    text = (f"{len(agreement['pairwise_tau'])} supernets scored the same architectures; Kendall tau between "
-            f"every two of their fitness orders: mean {agreement['mean_tau']:.2f}, from {lo:.2f} to {hi:.2f}.")
-    halves = agreement["split_half_tau"]
-    if halves:
-        text += f" The mean fitness of one half of them against the other half's: {sum(halves) / len(halves):.2f}."
-    if "ensemble_vs_standalone" in agreement:
-        text += (" Tau of each one's fitness with the standalone AP: " + ", ".join(
-            f"{t:.2f}" for t in agreement["each_vs_standalone"]) + f"; of their mean fitness: "
-            f"{agreement['ensemble_vs_standalone']['kendall_tau']:.2f}.")
-    return [text + f" In words: {agreement['verdict']}.", ""]
+    *facts, verdict = describe_agreement(agreement)
+    return [" ".join(f"{fact[0].upper()}{fact[1:]}." for fact in facts) + f" In words: {verdict}.", ""]
 
 
 def _rank_check(out: Path) -> list[str]:

@@ -84,3 +84,22 @@ def agreement_verdict(mean_tau: float, need: int | None) -> str:
             f"by Spearman-Brown, averaging the fitness of about {need} such supernets would be needed to reach "
             f"{AGREE_TAU}")
     return f"{head} (< {AGREE_TAU}): the fitness order is largely the training run's; {tail}"
+
+
+def describe_agreement(agreement: dict) -> list[str]:
+    """The agreement of ``supernet_agreement`` (with the rank check's taus against the standalone AP,
+    when it has them) as sentences without their full stops, the verdict last."""
+    lo, hi = agreement["tau_range"]
+    text = (f"{len(agreement['pairwise_tau'])} supernets, Kendall tau between every two of their fitness orders: "
+            f"mean {agreement['mean_tau']:.2f} (from {lo:.2f} to {hi:.2f})")
+    halves = agreement["split_half_tau"]
+    if halves:
+        text += f", between the mean fitness of one half of them and the other's {sum(halves) / len(halves):.2f}"
+    out = [text]
+    if "ensemble_vs_standalone" in agreement:
+        ensemble = agreement["ensemble_vs_standalone"]
+        lo, hi = ensemble["kendall_tau_ci95"]
+        out.append("each supernet's tau with the standalone AP: " + ", ".join(
+            f"{t:.2f}" for t in agreement["each_vs_standalone"]) +
+            f"; their mean fitness's: {ensemble['kendall_tau']:.2f} ({lo:.2f} to {hi:.2f})")
+    return out + [agreement["verdict"]]
