@@ -1,7 +1,7 @@
 """Do supernets trained alike agree? One supernet recipe trained with several seeds (the demo's
 pretraining and finetuning, each seed's own run), every supernet scoring the same architectures with
 the search's fitness (search-split mAP after BN recalibration); then Kendall's tau between every pair
-of seeds, and between ensembles (the mean fitness of K supernets against that of K others). No
+of seeds, and between ensembles (the mean fitness of one half of them against the other half's). No
 retraining: this is the cheap loop for supernet recipes.
 
     .venv/bin/python benchmarks/supernet_seeds.py --recipe grown --seeds 4 --out /tmp/agree
@@ -31,8 +31,8 @@ from detnas.config.schema import PipelineConfig
 from detnas.model.flops import sample_arch
 from detnas.model.space import arch_to_str, get_space
 from detnas.stages.jobs import finetune_job, pretrain_job, run_stage
-from detnas.stages.rank_stats import kendall_tau
 from detnas.stages.search import SupernetEvaluator
+from detnas.stages.supernet_agreement import pairwise_taus, split_half_taus
 
 
 def recipe(demo: PipelineConfig, name: str) -> PipelineConfig:
@@ -93,18 +93,6 @@ def fitness_of_seed(cfg: PipelineConfig, run: Path, archs: list[tuple]) -> dict[
     return scores
 
 
-def pairwise(scores: list[dict[str, float]], archs: list[str], k: int) -> list[float]:
-    """Tau between the mean fitness of every two disjoint groups of ``k`` supernets."""
-    taus = []
-    for a in itertools.combinations(range(len(scores)), k):
-        rest = [i for i in range(len(scores)) if i not in a]
-        for b in itertools.combinations(rest, k):
-            if a < b:
-                mean = [[statistics.fmean(scores[i][x] for i in g) for x in archs] for g in (a, b)]
-                taus.append(kendall_tau(*mean))
-    return taus
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--recipe", action="append", required=True, help="grown, fair, authors, long or large (repeatable)")
@@ -117,15 +105,17 @@ def main() -> None:
     archs = archs_to_score(demo, args.archs)
     names = [arch_to_str(a) for a in archs]
     print("| recipe | seeds | fitness range (AP %) | tau between seeds: mean ± std [min, max] | tau between "
-          "2-supernet ensembles |")
+          "halves (2-supernet ensembles of 4 seeds) |")
     print("|---|---:|---:|---:|---:|")
     rankings = {}
     for name in args.recipe:
         cfg = recipe(demo, name)
         scores = [fitness_of_seed(cfg.model_copy(update={"seed": s}), args.out / name / f"seed{s}", archs)
                   for s in range(args.seeds)]
-        single = pairwise(scores, names, 1)
-        ensemble = pairwise(scores, names, 2) if len(scores) >= 4 else []
+        fitness = [[score[x] for x in names] for score in scores]
+        matrix = pairwise_taus(fitness)
+        single = [matrix[i][j] for i, j in itertools.combinations(range(len(scores)), 2)]
+        ensemble = split_half_taus(fitness) if len(scores) >= 4 else []
         lo = min(min(s.values()) for s in scores)
         hi = max(max(s.values()) for s in scores)
         ens = (f"{statistics.fmean(ensemble):.2f} [{min(ensemble):.2f}, {max(ensemble):.2f}]" if ensemble else "-")
