@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from _common import demo_settings
+from detnas.config.data_schema import DetectionSource
 from detnas.config.runs import FINETUNE_DIR
-from detnas.data.coco import load_coco
 from detnas.data.demo import DemoPaths, default_demo_root
 from detnas.data.detection import collate
 from detnas.data.loading import CachedBatches
-from detnas.data.sources import image_dir_of
+from detnas.data.sources import load_detection
 from detnas.data.transforms import DetectionTransform
 from detnas.model.cocoeval import coco_map
 from detnas.model.evaluate import predict_batches, recalibrated_path
@@ -39,24 +39,15 @@ from detnas.stages.search import SupernetEvaluator
 from supernet_seeds import archs_to_score
 
 
-def held_images(paths: DemoPaths, out: Path) -> Path:
-    """The demo's validation and test sets as one COCO file in ``out`` (image and box ids renumbered)."""
-    merged = {"images": [], "annotations": [], "categories": None}
-    for ann in (paths.det_val_json, paths.det_test_json):
-        coco = json.loads(ann.read_text())
-        first_image, first_box = len(merged["images"]), len(merged["annotations"])
-        new_id = {im["id"]: first_image + i + 1 for i, im in enumerate(coco["images"])}
-        merged["images"] += [{**im, "id": new_id[im["id"]]} for im in coco["images"]]
-        merged["annotations"] += [{**a, "id": first_box + i + 1, "image_id": new_id[a["image_id"]]}
-                                  for i, a in enumerate(coco["annotations"])]
-        merged["categories"] = coco["categories"]
-    path = out / "held_images.json"
-    path.write_text(json.dumps(merged))
-    return path
+def held_images(paths: DemoPaths) -> list[DetectionSource]:
+    """The demo's validation and test sets, read as one (``data.sources.load_detection`` of a list)."""
+    return [DetectionSource(annotations=ann, images=paths.det_images)
+            for ann in (paths.det_val_json, paths.det_test_json)]
 
 
-def detections_of(run: Path, fitness, archs: list[tuple], held: Path | None) -> tuple[dict, dict[str, list[dict]]]:
-    """The ground truth of the search split (or of ``held``, a COCO file of the demo's images) and each
+def detections_of(run: Path, fitness, archs: list[tuple],
+                  held: list[DetectionSource] | None) -> tuple[dict, dict[str, list[dict]]]:
+    """The ground truth of the search split (or of the ``held`` sets, read as one) and each
     architecture's detections on it (cached in ``run``)."""
     path = run / ("detections.json" if held is None else "detections-held.json")
     if path.exists():
@@ -65,8 +56,7 @@ def detections_of(run: Path, fitness, archs: list[tuple], held: Path | None) -> 
     ev = SupernetEvaluator(run / FINETUNE_DIR, fitness, workers=0)
     if held is not None:
         det = ev.detector_cfg
-        ev.search_set = load_coco(held, image_dir_of(ev.cfg.data.train)).with_transform(
-            DetectionTransform(det.min_size, det.max_size, flip=False))
+        ev.search_set = load_detection(held, DetectionTransform(det.min_size, det.max_size, flip=False))
         ev.gt = ev.search_set.to_coco()
         ev.search_batches = CachedBatches(ev.search_set, fitness.batch_size, collate)
     detections = {}
@@ -97,7 +87,7 @@ def main() -> None:
     demo = demo_settings()
     names = [arch_to_str(a) for a in archs_to_score(demo, args.archs)]
     runs = sorted(p.parent for p in args.supernets.glob(f"seed*/{FINETUNE_DIR}"))
-    held = held_images(DemoPaths.under(default_demo_root()), args.supernets) if args.images == "held" else None
+    held = held_images(DemoPaths.under(default_demo_root())) if args.images == "held" else None
     scored = [detections_of(run, demo.fitness, [tuple(int(c) for c in n) for n in names], held) for run in runs]
     ids = sorted(im["id"] for im in scored[0][0]["images"])
     whole = [[ap_on(gt, dets[n], set(ids), args.metric) for n in names] for gt, dets in scored]
