@@ -84,15 +84,13 @@ def plan_archs(space: SearchSpace, cfg: RankCheckStageConfig, included: list[Arc
                     f"lower rank_check.archs ({cfg.rank_check.archs}) or widen the budget")
 
 
-def supernet_scores(cfg: RankCheckStageConfig, archs: list[Arch], out: Path, k: int = 0) -> dict[str, dict]:
-    """The search's fitness of each architecture in the ``k``-th supernet (0: ``supernet``, then
-    ``other_supernets``), shared out over the workers; reused from its scores file when computed from the
-    same supernet, split and fitness settings."""
+def supernet_scores(cfg: RankCheckStageConfig, supernet: Path, archs: list[Arch], path: Path) -> dict[str, dict]:
+    """The search's fitness of each architecture in ``supernet``, shared out over the workers; reused from
+    ``path`` (its scores file) when computed from the same supernet, split and fitness settings."""
     from detnas.stages.search import SupernetEvaluator
 
-    evaluator = SupernetEvaluator(([cfg.supernet] + cfg.other_supernets)[k], cfg.fitness)
+    evaluator = SupernetEvaluator(supernet, cfg.fitness)
     identity = evaluator.identity()
-    path = rank_scores_file(out, k)
     saved = json.loads(path.read_text()) if path.exists() else {}
     scores = saved.get("scores", {}) if saved.get("identity") == identity else {}
     todo = [a for a in archs if arch_to_str(a) not in scores]
@@ -251,18 +249,18 @@ def _rank_check(cfg: RankCheckStageConfig, out: Path, known: dict[str, list[Path
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
         write_plan(out, archs, cfg.include, records)
-    scores = supernet_scores(cfg, archs, out)
-    others = [supernet_scores(cfg, archs, out, k + 1) for k in range(len(cfg.other_supernets))]
-    standalone = retrain_all(cfg, archs, out, known, records) if cfg.rank_check.seeds else \
-        {arch_to_str(a): [] for a in archs}
+    supernets = [cfg.supernet, *cfg.other_supernets]
+    scores, *others = [supernet_scores(cfg, s, archs, rank_scores_file(out, k)) for k, s in enumerate(supernets)]
+    retrains = cfg.rank_check.seeds > 0  # none: the supernets' agreement alone
+    standalone = retrain_all(cfg, archs, out, known, records) if retrains else {arch_to_str(a): [] for a in archs}
     summary = None
     if is_main():
         summary = summarize(scores, standalone, cfg.rank_check.topk, cfg.rank_check.bootstrap, cfg.search.seed,
-                            naswot=naswot_scores(cfg, archs) if cfg.rank_check.seeds else None, others=others)
+                            naswot=naswot_scores(cfg, archs) if retrains else None, others=others)
         summary["included"] = [arch_to_str(a) for a in included]
         if others:
-            summary["supernets"]["folders"] = [str(p) for p in [cfg.supernet, *cfg.other_supernets]]
-        if cfg.rank_check.seeds:
+            summary["supernets"]["folders"] = [str(s) for s in supernets]
+        if retrains:
             plot_rank_check(summary, out / RANK_CHECK_PNG)
         write_json_atomic(summary, out / RANK_CHECK_FILE, indent=2)  # last: marks the stage finished
         print_summary(summary)
