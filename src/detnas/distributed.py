@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +19,7 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.distributed.constants import default_pg_nccl_timeout, default_pg_timeout
 
 
 def is_distributed() -> bool:
@@ -40,9 +46,39 @@ class DistInfo:
     device: torch.device
 
 
+TIMEOUT_ENV = "DETNAS_DIST_TIMEOUT"
+
+
+def collective_timeout() -> timedelta | None:
+    """``DETNAS_DIST_TIMEOUT`` (seconds): how long a worker waits for the others in one collective (and
+    to join the group) before it gives up; None (unset) for torch's default, 30 min (10 on NCCL)."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (0 < seconds < math.inf):
+        from detnas.errors import UserError
+
+        raise UserError(f"{TIMEOUT_ENV}={raw}: expected a number of seconds above 0, e.g. 600")
+    return timedelta(seconds=seconds)
+
+
+def restart_count() -> int:
+    """How many times torchrun restarted this worker's group (``--max-restarts``); 0 outside torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+
+
+class _Group:
+    store: dist.Store | None = None  # the process group's store, where each worker wrote its host and pid
+
+
 def init_distributed(timeout: timedelta | None = None) -> DistInfo:
     """Join the torchrun job described by RANK/WORLD_SIZE/LOCAL_RANK (nccl on CUDA, gloo on CPU), or
-    run as a single process when those are absent. Calling it again returns the same answer."""
+    run as a single process when those are absent. Calling it again returns the same answer.
+    ``timeout``: of every collective (default: ``collective_timeout()``)."""
     cuda = torch.cuda.is_available()
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo(0, 1, 0, torch.device("cuda", 0) if cuda else torch.device("cpu"))
@@ -51,13 +87,84 @@ def init_distributed(timeout: timedelta | None = None) -> DistInfo:
     if not is_distributed():
         if cuda:
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout, device_id=device if cuda else None)
+        timeout = timeout or collective_timeout() or (default_pg_nccl_timeout if cuda else None) or default_pg_timeout
+        store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+        # torchrun keeps one store for all its restarts of the group: without a prefix per attempt, a
+        # restarted worker can read the dead group's addresses (gloo: "connectFullMesh failed", or a hang)
+        store = dist.PrefixStore(f"detnas/attempt_{restart_count()}", store)
+        store.set_timeout(timeout)
+        dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=rank, world_size=world,
+                                timeout=timeout, device_id=device if cuda else None)
+        store.set(f"worker/{rank}", json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+        _Group.store = store
     return DistInfo(get_rank(), get_world_size(), local_rank, device)
 
 
 def cleanup_distributed() -> None:
     if is_distributed():
         dist.destroy_process_group()
+        _Group.store = None
+
+
+# what gloo, NCCL and the store say when a peer is gone or did not answer in time
+_LOST_PEER = ("closed by peer", "reset by peer", "connection refused", "timed out", "broken pipe", "socket closed",
+              "communicator was aborted")
+
+
+def lost_worker(e: BaseException) -> str | None:
+    """One line for a collective that failed because another worker died or stopped answering (None for
+    any other error): this worker's rank, the workers found gone, and how to continue."""
+    if not (is_distributed() and isinstance(e, RuntimeError)):
+        return None
+    text = str(e).strip()
+    if not (isinstance(e, (dist.DistNetworkError, dist.DistStoreError)) or any(m in text.lower() for m in _LOST_PEER)):
+        return None
+    # "[.../gloo/transport/tcp/pair.cc:561] Connection closed by peer [::1]:3240. This is typically ..."
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0] if text else "").split(". ")[0].rstrip(".")
+    gone = _gone_workers()
+    if gone:
+        what = f"{', '.join(gone)} {'is' if len(gone) == 1 else 'are'} gone"
+    elif "timed out" in text.lower():
+        raw = os.environ.get(TIMEOUT_ENV)
+        what = (f"another worker did not answer within {TIMEOUT_ENV}={raw} s" if raw else
+                f"another worker did not answer within torch's default timeout (set {TIMEOUT_ENV}, in seconds)")
+    else:
+        what = "lost the connection to another worker"
+    return (f"worker rank {get_rank()} of {get_world_size()} stopped: {what} ({reason}); rerun the same command "
+            "(with --resume for a single stage) to continue from the last checkpoint, or use torchrun --max-restarts "
+            "N: the restarted workers resume by themselves")
+
+
+def _gone_workers() -> list[str]:
+    """The other workers on this host whose process ended, as "rank R (pid P)", from the pids they wrote
+    in the store (none known if the store went with its host)."""
+    gone = []
+    try:
+        _Group.store.set_timeout(timedelta(seconds=5))
+        for rank in range(get_world_size()):
+            key = f"worker/{rank}"
+            if rank == get_rank() or not _Group.store.check([key]):
+                continue
+            worker = json.loads(_Group.store.get(key))
+            if worker["host"] == socket.gethostname() and not _running(worker["pid"]):
+                gone.append(f"rank {rank} (pid {worker['pid']})")
+    except Exception:  # noqa: BLE001 - the store is gone or unreadable: nothing known
+        return gone
+    return gone
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, ended but not yet reaped by torchrun, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def barrier() -> None:

@@ -9,6 +9,7 @@ import typer
 
 from detnas.cli import artifacts, config, inspect, stages  # noqa: F401  (each registers its commands on ``app``)
 from detnas.cli.app import app
+from detnas.distributed import lost_worker
 from detnas.errors import UserError
 from detnas.model.space import ArchError
 
@@ -38,3 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("detnas: interrupted", file=sys.stderr)
         sys.exit(130)
+    except RuntimeError as e:  # under torchrun: another worker died or hangs
+        lost = lost_worker(e)
+        if lost is None:
+            raise
+        print(f"detnas: error: {lost}", file=sys.stderr, flush=True)
+        sys.exit(1)

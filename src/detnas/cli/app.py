@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
@@ -110,6 +111,18 @@ _SHARED = {
 }
 
 
+def restarted_group() -> bool:
+    """Whether torchrun restarted this worker's group (``--max-restarts``) after a worker failed: the
+    run in ``--out`` then continues as with ``--resume`` (rank 0 says so)."""
+    from detnas.distributed import restart_count
+
+    restart = restart_count()
+    if restart > 0 and os.environ.get("RANK", "0") == "0":
+        print(f"detnas: torchrun restarted the workers (restart {restart} of "
+              f"{os.environ.get('TORCHELASTIC_MAX_RESTARTS', '?')}): resuming the run", file=sys.stderr, flush=True)
+    return restart > 0
+
+
 def stage_command(stage: str, config_required: bool = True):
     """Register ``body(stage_input, **own_options)`` as the command ``stage`` with the shared config
     options (``_SHARED``) first: ``body`` loads its config with ``stage_input.load()`` and returns after
@@ -129,6 +142,8 @@ def stage_command(stage: str, config_required: bool = True):
             given["settings"] = given["settings"] or []
             if given["estimate_steps"] < 0:
                 raise typer.BadParameter("must be 0 or more", param_hint="--estimate-steps")
+            if "resume" in kw and not kw["resume"] and restarted_group():
+                kw["resume"] = True
             return body(StageInput(stage, **given), **kw)
 
         keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
