@@ -70,8 +70,8 @@ def test_every_shipped_config_dry_runs_on_the_standard_layouts(name, data_root, 
     assert "classification: 4 training images in 2 classes" in text
     assert "detection train: 6 images, 2 classes" in text and "search split: 2 of them held out" in text
     assert "detection test: 2 images" in text
-    stages = ["pretrain", "finetune", "search (evolution)", "search (random)", "retrain (searched)",
-              "retrain (random)", "retrain (baseline)"]
+    stages = ["pretrain", "finetune", "search (evolution)", "search (random)", "retrain (baseline)",
+              "retrain (searched)", "retrain (random)"]
     plan = [line.split("  ")[1] for line in text.splitlines() if line.startswith("  ") and "to run" in line]
     assert plan == stages
     assert "1,000 candidates x (4,000 recalibration + 2 search-split images)" in text

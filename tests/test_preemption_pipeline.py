@@ -1,6 +1,7 @@
 """The pipeline through the CLI, stopped by SIGTERM during its search as a scheduler would stop it, then
 run again: it exits with code 75 at a safe point, continues, and ends with the report of a pipeline that
-was never stopped."""
+was never stopped. The stopped one runs its independent stages side by side (stages/lanes.py), the
+other one at a time: the same report, to the digit."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from cli_checks import DETNAS, ENV
 from test_pipeline import history_lines, tiny_pipeline_config
 
 
-def small_pipeline_config(tmp: Path) -> Path:
+def small_pipeline_config(tmp: Path, parallel_stages: int = 1) -> Path:
     """The tiny pipeline of test_pipeline, less what this test does not need (rank check, random search,
     a second seed), and a search long enough to be stopped inside."""
     path = tiny_pipeline_config(tmp)
@@ -26,6 +27,8 @@ def small_pipeline_config(tmp: Path) -> Path:
     cfg["random_search"] = False
     cfg["retrain"]["seeds"] = 1
     cfg["search"]["generations"] = 4
+    cfg["parallel_stages"] = parallel_stages  # 2: the baseline's retraining beside the search
+    path = path.with_name(f"pipeline-{parallel_stages}.yaml")
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -51,7 +54,7 @@ def test_pipeline_stopped_by_sigterm_continues_to_the_same_report(tmp_path):
     out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]
 
-    run = tmp_path / "run"
+    run, config = tmp_path / "run", small_pipeline_config(tmp_path, parallel_stages=2)
     proc = pipeline(config, run)
     try:
         deadline = time.monotonic() + 600

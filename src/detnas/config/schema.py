@@ -8,7 +8,7 @@ Defaults follow the authors' recipes (the DetNAS paper and its code) scaled down
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -334,6 +334,9 @@ class PipelineConfig(SpaceConfig):
     rank_check: RankCheckRecipe | None = None
     eval: EvalConfig = EvalConfig()
     logging: LoggingConfig = LoggingConfig()
+    # independent stages (the two searches, the retrainings) run this many at once, each in its own process
+    # with its share of torch's threads; auto: 2 on a CPU with 2+ threads, else 1 (stages/lanes.py)
+    parallel_stages: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
 
     @model_validator(mode="after")
     def _search_needs_a_split(self):

@@ -22,6 +22,11 @@ WORKERS_ENV = "DETNAS_DATA_WORKERS"  # overrides "auto" (the tests set 0)
 MAX_AUTO_WORKERS = 8
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def data_workers(value: Workers = "auto", processes_per_node: int | None = None) -> int:
     """DataLoader workers for one training process: ``value``, or for ``"auto"`` ``$DETNAS_DATA_WORKERS``
     if set, else the CPUs this process may use, shared by the node's processes (torchrun's
@@ -30,7 +35,7 @@ def data_workers(value: Workers = "auto", processes_per_node: int | None = None)
         return int(value)
     if os.environ.get(WORKERS_ENV, "").strip():
         return int(os.environ[WORKERS_ENV])
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = usable_cpus()
     per_node = processes_per_node or int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     return max(0, min(MAX_AUTO_WORKERS, cpus // max(per_node, 1) - 1))
 

@@ -242,7 +242,8 @@ def _pipeline(cfg: PipelineConfig, out: Path, workers: int) -> _Plan:
         plan.lines += data
     data, n_det = check.detection_data(cfg.detection, test_needed="retraining")
     plan.lines += [*data, *check.budget(space, cfg.search), *check.sampling(space, cfg.sampling, cfg.seed),
-                   *check.eval_archs(cfg.eval.archs), "", f"plan (run folder {out}):"]
+                   *check.eval_archs(cfg.eval.archs), *check.lanes(cfg.parallel_stages, workers), "",
+                   f"plan (run folder {out}):"]
     ft_cfg = cfg.finetune_config(None)
     rt_cfg = cfg.retrain_config(out)
     retrain = _retrain_rows(rt_cfg, workers, n_det, None, True, n_cls)

@@ -25,6 +25,7 @@ from detnas.model.flops import cost_table, count_params, fmt_millions, sample_ar
 from detnas.model.space import Arch, SearchSpace, arch_to_str, to_arch
 from detnas.model.supernet import ShuffleNetBackbone
 from detnas.search.constraints import check_constraints
+from detnas.stages.lanes import lanes_for, threads_per_lane
 
 GB = 2**30
 
@@ -152,3 +153,13 @@ def finetune_memory(space: SearchSpace, detector: DetectorConfig, batch: int, n_
     act = _activation_bytes(det.backbone, lambda: det.backbone(x))
     return (f"  {name}: {(3 * 4 * count_params(det) + act) / GB:.1f} GB ({batch} images of {h}x{w}; "
             "backbone and FPN activations, the detector heads' on top)")
+
+
+def lanes(setting, workers: int) -> list[str]:
+    """How many of the pipeline's independent stages run at once (``stages/lanes.py``)."""
+    n = lanes_for(setting, workers, "cuda" if torch.cuda.is_available() else "cpu")
+    if n == 1:
+        return []
+    return [f"stages side by side: {n} at a time, {threads_per_lane(n)} thread(s) each (parallel_stages: {setting}): "
+            "the searches with the baseline's retraining, then the other retrainings; a time estimate below "
+            "adds them up one after another"]

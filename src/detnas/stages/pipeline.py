@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 from detnas.atomic import write_json_atomic
@@ -28,11 +29,12 @@ from detnas.config.runs import (
     resume_point,
     retrain_dir,
 )
-from detnas.config.schema import PipelineConfig
-from detnas.distributed import broadcast_object, is_main, on_main
+from detnas.config.schema import FinetuneConfig, PipelineConfig, PretrainConfig, RetrainConfig
+from detnas.distributed import broadcast_object, init_distributed, is_main, on_main
 from detnas.model.space import arch_to_str, get_space, resolve_arch
 from detnas.stages import preemption
 from detnas.stages.jobs import finetune_job, pretrain_job, run_stage
+from detnas.stages.lanes import Stage, lanes_for, run_side_by_side
 from detnas.stages.rank_check import run_rank_check
 from detnas.stages.report import write_report
 from detnas.stages.retrain import run_retrain
@@ -50,15 +52,19 @@ def _last_write(folder: Path, since: float) -> float:
 
 class _Stages:
     """Runs the stages in order, skipping finished ones (and saying so), and records how long each
-    took, the time of an interrupted attempt included (up to its last written file)."""
+    took, the time of an interrupted attempt included (up to its last written file). Stages given
+    together are independent: with ``lanes`` > 1 they run side by side (``lanes.py``)."""
 
-    def __init__(self, out: Path):
-        self.out = out
+    def __init__(self, out: Path, lanes: int = 1):
+        self.out, self.lanes = out, lanes
         self.path = out / PIPELINE_FILE
         self.state = json.loads(self.path.read_text()) if self.path.exists() else {"seconds": {}}
-        running = self.state.pop("running", None)  # a stage that was interrupted
-        if running is not None:
-            self._add(running["stage"], _last_write(Path(running["dir"]), running["started"]) - running["started"])
+        running = self.state.pop("running", {})  # the stages that were interrupted
+        if "stage" in running:  # written by a version that ran one stage at a time
+            running = {running["stage"]: running}
+        for name, entry in running.items():
+            self._add(name, _last_write(Path(entry["dir"]), entry["started"]) - entry["started"])
+        self.state["wall"] = self.state.get("wall", sum(self.state["seconds"].values()))
 
     def _add(self, name: str, seconds: float) -> None:
         self.state["seconds"][name] = self.state["seconds"].get(name, 0.0) + seconds
@@ -67,21 +73,43 @@ class _Stages:
     def _save(self) -> None:
         on_main(lambda: write_json_atomic(self.state, self.path, indent=2))
 
-    def run(self, name: str, done: bool, run_dir: Path, fn) -> None:
-        if broadcast_object(done):  # rank 0 decides, so that every worker runs the same stages
-            if is_main():
-                print(f"pipeline: {name} finished earlier, skipped", flush=True)
+    def run(self, *stages: Stage) -> None:
+        todo = [s for s in stages if not self._skipped(s)]
+        if not todo:
             return
-        preemption.stop_if_requested(f"the stages before {name} are done")
-        point = resume_point(run_dir) if is_main() else None
-        if point is not None:
-            print(f"pipeline: {name} resumes {point}", flush=True)
-        self.state["running"] = {"stage": name, "dir": str(run_dir), "started": time.time()}
-        self._save()
+        preemption.stop_if_requested(f"the stages before {todo[0].name} are done")
         start = time.perf_counter()
-        fn()
-        del self.state["running"]
-        self._add(name, time.perf_counter() - start)
+        try:
+            if self.lanes > 1 and len(todo) > 1:
+                run_side_by_side(todo, self.lanes, self._started, self._finished)
+            else:
+                for stage in todo:
+                    self._started(stage)
+                    stage.fn()
+                    self._finished(stage)
+        finally:
+            self.state["wall"] += time.perf_counter() - start
+            self._save()
+
+    def _skipped(self, stage: Stage) -> bool:
+        if broadcast_object(is_finished(stage.run_dir)):  # rank 0 decides, so that every worker runs the same
+            if is_main():
+                print(f"pipeline: {stage.name} finished earlier, skipped", flush=True)
+            return True
+        return False
+
+    def _started(self, stage: Stage) -> None:
+        point = resume_point(stage.run_dir) if is_main() else None
+        if point is not None:
+            print(f"pipeline: {stage.name} resumes {point}", flush=True)
+        self.state.setdefault("running", {})[stage.name] = {"dir": str(stage.run_dir), "started": time.time()}
+        self._save()
+
+    def _finished(self, stage: Stage) -> None:
+        entry = self.state["running"].pop(stage.name)
+        if not self.state["running"]:
+            del self.state["running"]
+        self._add(stage.name, time.time() - entry["started"])
 
 
 class _Plan:
@@ -90,19 +118,20 @@ class _Plan:
     def __init__(self):
         self.stages: list[tuple[str, Path]] = []
 
-    def run(self, name: str, done: bool, run_dir: Path, fn) -> None:
-        self.stages.append((name, run_dir))
+    def run(self, *stages: Stage) -> None:
+        self.stages += [(s.name, s.run_dir) for s in stages]
 
 
 def run_pipeline(cfg: PipelineConfig, out: Path) -> Path:
     """Run (or continue) the pipeline in ``out``; returns the path of ``report.md``."""
     out = Path(out)
     with guarded_run(out, CONTINUE):
-        stages = _Stages(out)
+        dist = init_distributed()
+        stages = _Stages(out, lanes_for(cfg.parallel_stages, dist.world_size, dist.device.type))
         _run_stages(cfg, out, stages)
         preemption.stop_if_requested("every stage is done")  # before the report's predictions
         if is_main():
-            return write_report(out, stages.state["seconds"], cfg)
+            return write_report(out, stages.state["seconds"], cfg, stages.state["wall"])
         return out / REPORT_FILE
 
 
@@ -120,37 +149,37 @@ def _run_stages(cfg: PipelineConfig, out: Path, stages: _Stages | _Plan) -> None
     init = None
     if pre_cfg is not None:
         pre_dir = out / PRETRAIN_DIR
-        stages.run(PRETRAIN, is_finished(pre_dir), pre_dir,
-                   lambda: run_stage(pretrain_job(pre_cfg), pre_cfg, pre_dir, resume=True))
+        stages.run(Stage(PRETRAIN, pre_dir, partial(_pretrain, pre_cfg, pre_dir)))
         init = pre_dir / CHECKPOINT
 
     ft_cfg = cfg.finetune_config(init)
     ft_dir = out / FINETUNE_DIR
-    stages.run(FINETUNE, is_finished(ft_dir), ft_dir,
-               lambda: run_stage(finetune_job(ft_cfg, ft_dir), ft_cfg, ft_dir, resume=True))
+    stages.run(Stage(FINETUNE, ft_dir, partial(_finetune, ft_cfg, ft_dir)))
 
     strategies = ["evolution"] + (["random"] if cfg.random_search else [])
-    for strategy in strategies:
-        s_dir = out / SEARCH_DIRS[strategy]
-        s_cfg = cfg.search_config(ft_dir, strategy)
-        stages.run(f"search ({strategy})", is_finished(s_dir), s_dir,
-                   lambda: run_search_stage(s_cfg, s_dir, resume=True))
+    searches = [Stage(f"search ({s})", out / SEARCH_DIRS[s],
+                      partial(run_search_stage, cfg.search_config(ft_dir, s), out / SEARCH_DIRS[s], resume=True))
+                for s in strategies]
 
     rt_cfg = cfg.retrain_config(ft_dir)
-    # the searches' best architectures, read when their retraining starts (rank 0 wrote them by then)
-    candidates = {"searched": lambda: resolve_arch(str(out / SEARCH_DIRS["evolution"] / BEST_FILE), space)[0]}
+    # the searches' best architectures, read when their retraining starts (the searches wrote them by then)
+    candidates = {"searched": str(out / SEARCH_DIRS["evolution"] / BEST_FILE)}
     if cfg.random_search:
-        candidates["random"] = lambda: resolve_arch(str(out / SEARCH_DIRS["random"] / BEST_FILE), space)[0]
+        candidates["random"] = str(out / SEARCH_DIRS["random"] / BEST_FILE)
     if cfg.baseline:
-        candidates["baseline"] = lambda: (0,) * space.num_blocks
+        candidates["baseline"] = "0" * space.num_blocks
+    retrainings = {}
     for repeat in range(cfg.retrain.seeds):
         seed_cfg = rt_cfg.model_copy(update={"seed": cfg.seed + repeat})
         for name, arch in candidates.items():
             r_dir = retrain_dir(out, name, repeat)
             label = name if repeat == 0 else f"{name}, seed {seed_cfg.seed}"
-            stages.run(f"retrain ({label})", is_finished(r_dir), r_dir,
-                       lambda: run_retrain(arch(), seed_cfg, r_dir, resume=True,
-                                           pretrain=seed_cfg.pretrain is not None))
+            retrainings.setdefault(name, []).append(
+                Stage(f"retrain ({label})", r_dir, partial(_retrain, arch, seed_cfg, r_dir)))
+    # the baseline needs no search: it runs beside the searches, the searches' finds after them
+    stages.run(*searches, *retrainings.pop("baseline", []))
+    stages.run(*[stage for group in retrainings.values() for stage in group])
+
     if cfg.rank_check is not None:  # the searches' best and the baseline first, then draws
         rc_dir = out / RANK_CHECK_DIR
         include = [str(out / d / BEST_FILE) for d in SEARCH_DIRS.values() if (out / d).is_dir()]
@@ -158,8 +187,23 @@ def _run_stages(cfg: PipelineConfig, out: Path, stages: _Stages | _Plan) -> None
 
         def rank_check() -> None:
             # the retrainings above used the same recipe and seeds: reused, not repeated
-            known = {arch_to_str(arch()): [retrain_dir(out, name, k) for k in range(cfg.retrain.seeds)]
+            known = {arch_to_str(resolve_arch(arch, space)[0]): [retrain_dir(out, name, k)
+                                                                 for k in range(cfg.retrain.seeds)]
                      for name, arch in candidates.items()}
             run_rank_check(rc_cfg, rc_dir, resume=True, known=known)
 
-        stages.run(RANK_CHECK, is_finished(rc_dir), rc_dir, rank_check)
+        stages.run(Stage(RANK_CHECK, rc_dir, rank_check))
+
+
+def _pretrain(cfg: PretrainConfig, run_dir: Path) -> None:
+    run_stage(pretrain_job(cfg), cfg, run_dir, resume=True)
+
+
+def _finetune(cfg: FinetuneConfig, run_dir: Path) -> None:
+    run_stage(finetune_job(cfg, run_dir), cfg, run_dir, resume=True)
+
+
+def _retrain(arch: str, cfg: RetrainConfig, run_dir: Path) -> None:
+    """``arch``: a digit string, or a search's ``best.json``, read now."""
+    run_retrain(resolve_arch(arch, get_space(cfg.space, cfg.width_mult))[0], cfg, run_dir, resume=True,
+                pretrain=cfg.pretrain is not None)

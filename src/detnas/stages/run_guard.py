@@ -53,6 +53,12 @@ def guarded_run(folder: str | Path, how_to_continue: str = RESUME_STAGE) -> Iter
         _Depth.value -= 1
 
 
+def nested() -> None:
+    """Mark this process's runs as nested in an outer one run elsewhere (a pipeline's stage in its own
+    process, ``lanes.py``): the outer run tells the user how to continue."""
+    _Depth.value += 1
+
+
 def _continued(e: WriteError, how_to_continue: str) -> WriteError:
     return WriteError(f"{e}; what the run saved before is kept: make room or fix the permission, then "
                       f"{how_to_continue}")
