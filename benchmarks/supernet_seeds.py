@@ -10,8 +10,12 @@ retraining: this is the cheap loop for supernet recipes.
 Recipes (on top of the packaged demo config): ``grown`` is the demo's own; ``fair`` adds FairNAS's
 strict fairness (``sampling.fair``); ``authors`` trains path-wise from the start (no growth, the
 authors' recipe); ``long`` doubles both schedules; ``large`` finetunes and scores at 192 px instead
-of 128 (the c5 map 6x6 instead of 4x4, anchors scaled alike), about 1.9x the demo's supernet compute. Runs are kept in ``--out`` and
-reused: rerunning prints the table again, and a new recipe adds its rows.
+of 128 (the c5 map 6x6 instead of 4x4, anchors scaled alike), about 1.9x the demo's supernet compute;
+``fewshot`` (Zhao et al. 2021) splits each ``grown`` supernet on the first block's choice into 4
+sub-supernets, each started from the whole supernet and finetuned a quarter of the finetuning's steps
+more on its part of the space (the finetuning budget doubled in all), and scores an architecture on
+the sub-supernet that holds it. Runs are kept in ``--out`` and reused: rerunning prints the table
+again, and a new recipe adds its rows.
 """
 
 from __future__ import annotations
@@ -29,14 +33,14 @@ from _common import demo_settings, max_flops, print_choice_count_taus
 from detnas.config.runs import CHECKPOINT, FINETUNE_DIR, PRETRAIN_DIR, is_finished
 from detnas.config.schema import PipelineConfig
 from detnas.model.flops import sample_arch
-from detnas.model.space import arch_to_str, get_space
+from detnas.model.space import NUM_CHOICES, arch_to_str, get_space
 from detnas.stages.jobs import finetune_job, pretrain_job, run_stage
 from detnas.stages.search import SupernetEvaluator
 from detnas.stages.supernet_agreement import pairwise_taus, split_half_taus
 
 
 def recipe(demo: PipelineConfig, name: str) -> PipelineConfig:
-    if name == "grown":
+    if name in ("grown", "fewshot"):
         return demo
     if name == "fair":
         return demo.model_copy(update={"sampling": demo.sampling.model_copy(update={"fair": True})})
@@ -54,7 +58,7 @@ def recipe(demo: PipelineConfig, name: str) -> PipelineConfig:
         pretrain = demo.pretrain.model_copy(update={"train": doubled(demo.pretrain.train),
                                                     "grow_iters": 2 * demo.pretrain.grow_iters})
         return demo.model_copy(update={"pretrain": pretrain, "finetune": doubled(demo.finetune)})
-    raise SystemExit(f"unknown recipe {name!r}: grown, fair, authors, long or large")
+    raise SystemExit(f"unknown recipe {name!r}: grown, fair, authors, long, large or fewshot")
 
 
 def archs_to_score(demo: PipelineConfig, n: int) -> list[tuple]:
@@ -81,13 +85,37 @@ def train_supernet(cfg: PipelineConfig, run: Path) -> Path:
     return ft_dir
 
 
-def fitness_of_seed(cfg: PipelineConfig, run: Path, archs: list[tuple]) -> dict[str, float]:
+def sub_supernets(cfg: PipelineConfig, supernet: Path, run: Path) -> list[Path]:
+    """Few-shot: the finetuned ``supernet`` split on the first block's choice, each part finetuned on
+    its own paths for a quarter of the finetuning's steps (a fresh warm-up, the same learning rate)."""
+    schedule = cfg.finetune.model_copy(update={"iters": cfg.finetune.iters // NUM_CHOICES, "milestones": [],
+                                               "warmup_iters": min(cfg.finetune.warmup_iters, 20)})
+    parts = []
+    for k in range(NUM_CHOICES):
+        part = cfg.model_copy(update={"finetune": schedule,
+                                      "sampling": cfg.sampling.model_copy(update={"prefix": [k]})})
+        ft_cfg = part.finetune_config(supernet / CHECKPOINT)
+        if not is_finished(run / f"part{k}"):
+            run_stage(finetune_job(ft_cfg, run / f"part{k}"), ft_cfg, run / f"part{k}", resume=True)
+        parts.append(run / f"part{k}")
+    return parts
+
+
+def fitness_of_seed(cfg: PipelineConfig, run: Path, archs: list[tuple], fewshot_of: Path | None = None
+                    ) -> dict[str, float]:
+    """Each architecture's fitness on the supernet trained in ``run``; with ``fewshot_of`` (the run of
+    the whole supernet), on its sub-supernet in ``run``."""
     path = run / "fitness.json"
     if path.exists():
         return json.loads(path.read_text())
     t0 = time.perf_counter()
-    evaluator = SupernetEvaluator(train_supernet(cfg, run), cfg.fitness, workers=0)
-    scores = {arch_to_str(a): evaluator(a)["map"] for a in archs}
+    if fewshot_of is None:
+        evaluator = SupernetEvaluator(train_supernet(cfg, run), cfg.fitness, workers=0)
+        scores = {arch_to_str(a): evaluator(a)["map"] for a in archs}
+    else:
+        parts = [SupernetEvaluator(p, cfg.fitness, workers=0)
+                 for p in sub_supernets(cfg, train_supernet(cfg, fewshot_of), run)]
+        scores = {arch_to_str(a): parts[a[0]](a)["map"] for a in archs}
     path.write_text(json.dumps(scores, indent=1))
     print(f"{run}: trained and scored in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     return scores
@@ -95,7 +123,7 @@ def fitness_of_seed(cfg: PipelineConfig, run: Path, archs: list[tuple]) -> dict[
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--recipe", action="append", required=True, help="grown, fair, authors, long or large (repeatable)")
+    ap.add_argument("--recipe", action="append", required=True, help="grown, fair, authors, long, large or fewshot (repeatable)")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--archs", type=int, default=12, help="architectures scored by every supernet")
     ap.add_argument("--out", type=Path, required=True)
@@ -110,7 +138,8 @@ def main() -> None:
     rankings = {}
     for name in args.recipe:
         cfg = recipe(demo, name)
-        scores = [fitness_of_seed(cfg.model_copy(update={"seed": s}), args.out / name / f"seed{s}", archs)
+        scores = [fitness_of_seed(cfg.model_copy(update={"seed": s}), args.out / name / f"seed{s}", archs,
+                                  args.out / "grown" / f"seed{s}" if name == "fewshot" else None)
                   for s in range(args.seeds)]
         fitness = [[score[x] for x in names] for score in scores]
         matrix = pairwise_taus(fitness)

@@ -135,6 +135,17 @@ def test_inherit_starts_from_the_supernet_path_and_skips_pretraining(config, tmp
     assert got.keys() == expected.keys()
     assert all(torch.equal(got[k], expected[k]) for k in expected)
 
+    # a supernet started from the finetuned one (a few-shot sub-supernet) takes every weight of it
+    from detnas.config.schema import FinetuneConfig
+    from detnas.stages.train import path_for_step
+
+    sub = validate(FinetuneConfig, {**yaml.safe_load(finetune_cfg.read_text()), "init": str(supernet_dir / "checkpoint.pt"),
+                                    "sampling": {"prefix": [2], "max_flops": 300e6}}, "test")
+    got = finetune_job(sub, tmp_path / "sub").model.state_dict()
+    assert got.keys() == ckpt["model"].keys() and all(torch.equal(got[k], ckpt["model"][k]) for k in got)
+    paths = [path_for_step(space, sub.seed, step, sub.sampling) for step in range(50)]
+    assert {p[0] for p in paths} == {2} and len({p[1:] for p in paths}) == 50
+
     inherit_cfg = tmp_path / "inherit.yaml"
     inherit_cfg.write_text(yaml.safe_dump({**raw, "supernet": str(supernet_dir)}))
     out = tmp_path / "run"

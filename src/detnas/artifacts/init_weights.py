@@ -49,6 +49,16 @@ def _read_torch(path: Path) -> dict:
     return data
 
 
+def finetuned_supernet(path: str | Path) -> bool:
+    """Whether ``path`` is one of our finetuned supernet detectors (whose every weight a supernet
+    detector can start from, e.g. a few-shot sub-supernet), rather than backbone weights."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return False
+    data = _read_torch(path)
+    return data.get("format") == FORMAT and data.get("stage") == FINETUNE and data.get("arch") is None
+
+
 def _unwrap(data: dict, path: Path) -> dict:
     """The authors' backbone tensors of ``data`` under their own key names (no wrapper, no prefix)."""
     for key in ("state_dict", "model"):

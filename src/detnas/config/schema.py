@@ -77,11 +77,14 @@ class SamplingConfig(StrictModel):
     min_flops: float | None = Field(None, gt=0)
     max_flops: float | None = Field(None, gt=0)
     fair: bool = False
+    # few-shot NAS (Zhao et al. 2021): the first blocks' choices fixed, e.g. [2]: a sub-supernet trained on
+    # its part of the space only, started from the whole supernet (finetune's init: its checkpoint)
+    prefix: list[Annotated[int, Field(ge=0, le=3)]] = []
 
     @model_validator(mode="after")
     def _fair_needs_the_whole_space(self):
-        if self.fair and (self.min_flops is not None or self.max_flops is not None):
-            raise ValueError("fair sampling draws from the whole space: leave min_flops and max_flops unset")
+        if self.fair and (self.min_flops is not None or self.max_flops is not None or self.prefix):
+            raise ValueError("fair sampling draws from the whole space: leave min_flops, max_flops and prefix unset")
         return self
 
 

@@ -154,15 +154,21 @@ def sample_arch(
     max_flops: float | None = None,
     input_size: int | tuple[int, int] = 224,
     max_draws: int = 1_000_000,
+    prefix: tuple[int, ...] = (),
 ) -> Arch:
-    """A uniformly random architecture whose body MACs lie in [min_flops, max_flops].
+    """A uniformly random architecture whose body MACs lie in [min_flops, max_flops] and whose first
+    blocks' choices are ``prefix`` (a few-shot sub-supernet's part of the space).
 
     Rejection sampling is exactly uniform over the feasible set; draws are vectorised so that even a
-    narrow range costs little. A range outside the space's achievable one fails at once.
+    narrow range costs little. A range outside the space's achievable one fails at once. An empty
+    ``prefix`` draws exactly what it drew before there was one.
     """
     n = space.num_blocks
+    if len(prefix) >= n:
+        raise ArchError(f"a prefix of {len(prefix)} choices leaves nothing to draw in the {n} blocks of the "
+                        f"{space.describe()} space")
     if min_flops is None and max_flops is None:
-        return to_arch(rng.integers(0, NUM_CHOICES, n))
+        return to_arch(_with_prefix(rng.integers(0, NUM_CHOICES, n), prefix))
     table = cost_table(space, input_size)
     lo_space, hi_space = table.body_range
     lo = -np.inf if min_flops is None else min_flops
@@ -175,13 +181,19 @@ def sample_arch(
         )
     batch = 8192
     for _ in range(max(1, max_draws // batch)):
-        found = first_within(table, rng.integers(0, NUM_CHOICES, (batch, n)), lo, hi)
+        found = first_within(table, _with_prefix(rng.integers(0, NUM_CHOICES, (batch, n)), prefix), lo, hi)
         if found is not None:
             return found
     raise ArchError(
-        f"body FLOPs range [{_fmt(lo)}, {_fmt(hi)}] is too narrow: no architecture found in "
+        f"body FLOPs range [{_fmt(lo)}, {_fmt(hi)}] is too narrow{' for the prefix ' if prefix else ''}"
+        f"{''.join(map(str, prefix))}: no architecture found in "
         f"{max_draws} uniform draws (the space spans [{_fmt(lo_space)}, {_fmt(hi_space)}])"
     )
+
+
+def _with_prefix(archs: np.ndarray, prefix: tuple[int, ...]) -> np.ndarray:
+    archs[..., : len(prefix)] = prefix
+    return archs
 
 
 def first_within(table: CostTable, archs: np.ndarray, lo: float, hi: float) -> Arch | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from detnas.artifacts.init_weights import finetuned_supernet
 from detnas.artifacts.init_weights import load_init as load_init_weights
 from detnas.checkpoint import load_checkpoint
 from detnas.config.runs import FINETUNE, PRETRAIN, RETRAIN, RETRAIN_PRETRAIN, SPLIT_FILE
@@ -137,14 +138,15 @@ def load_init(model: ShuffleNetBackbone, path: Path) -> None:
         print(f"note: init {path}: {note}", file=sys.stderr)
 
 
-def load_path_weights(detector: torch.nn.Module, ckpt_path: Path, arch: Arch, space: dict) -> None:
+def load_path_weights(detector: torch.nn.Module, ckpt_path: Path, arch: Arch | None, space: dict) -> None:
     """Initialise the standalone ``detector`` of ``arch`` with its path's weights in a finetuned supernet
-    detector: backbone blocks, stem, FPN and heads. Its BN statistics are not recalibrated: train-mode
-    BN normalises with batch statistics, and finetuning replaces the running averages within tens of
-    steps (momentum 0.1)."""
+    detector: backbone blocks, stem, FPN and heads (``arch`` None: a supernet ``detector``, all of them).
+    Its BN statistics are not recalibrated: train-mode BN normalises with batch statistics, and
+    finetuning replaces the running averages within tens of steps (momentum 0.1)."""
     ckpt = load_checkpoint(ckpt_path, FINETUNE, space)
     try:
-        detector.load_state_dict(path_state(ckpt["model"], arch, prefix="backbone.body."))
+        detector.load_state_dict(ckpt["model"] if arch is None else
+                                 path_state(ckpt["model"], arch, prefix="backbone.body."))
     except RuntimeError as e:  # another detector shape or number of classes
         raise UserError(f"the supernet's detector does not fit this config: {' '.join(str(e).split())[:200]}",
                         ckpt_path) from None
@@ -168,7 +170,9 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None, i
     with seeded_init(cfg.seed):
         body = ShuffleNetBackbone(space, arch)
         model = build_detector(body, num_classes, det)
-    if cfg.init is not None:
+    if cfg.init is not None and arch is None and finetuned_supernet(cfg.init):  # the detector too: few-shot
+        inherit = cfg.init
+    elif cfg.init is not None:
         load_init(body, cfg.init)
     if inherit is not None:
         load_path_weights(model, inherit, arch, space_meta(cfg))

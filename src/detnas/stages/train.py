@@ -64,7 +64,7 @@ def path_for_step(space: SearchSpace, seed: int, step: int, sampling: SamplingCo
         orders = np.argsort(np.random.default_rng([seed, group]).random((space.num_blocks, NUM_CHOICES)), axis=1)
         return to_arch(orders[:, slot])
     rng = np.random.default_rng([seed, step])
-    return sample_arch(space, rng, sampling.min_flops, sampling.max_flops)
+    return sample_arch(space, rng, sampling.min_flops, sampling.max_flops, prefix=tuple(sampling.prefix))
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
