@@ -5,9 +5,9 @@ Why: on a CPU the demo's small tensors keep two intra-op threads waiting on each
 step ran 1.4x faster on 1 thread than on 2, a candidate's evaluation 0.93x as fast; BENCHMARKS.md),
 while two single-thread processes each use a whole core. A stage's result does not depend on which
 process runs it or what runs beside it: only on its config and its thread count, which is fixed by the
-setting (``PipelineConfig.parallel_stages``), not by the schedule: a stage that runs alone (the
-pretraining, the finetuning) gets the same share of the threads as one beside another, which on the
-2-core demo machine is also the faster setting (a 32 px pretraining step 1.4x, a detection step 1.07x).
+setting (``PipelineConfig.parallel_stages``), not by the schedule. A stage that runs alone (the
+pretraining, the finetuning) keeps all of torch's threads: with one thread the demo's pretraining ran
+1.18x as fast, but its finetuning 0.82x (its data loading shares the cores), 22 s lost in all.
 
 A stop signal that reaches the pipeline is passed on to the stages running: each stops at its next safe
 point as it would alone (``preemption.py``), and rerunning the pipeline resumes them. An error in one
@@ -24,8 +24,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -58,17 +57,6 @@ def lanes_for(setting: int | str, world_size: int, device: str) -> int:
 def threads_per_lane(lanes: int) -> int:
     """The threads torch would use, shared out among the lanes."""
     return max(1, torch.get_num_threads() // lanes)
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Torch's intra-op threads set to ``n`` inside (a stage run alone, as it would beside another)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run_side_by_side(stages: list[Stage], lanes: int, threads: int, on_start: Callable[[Stage], None],

@@ -34,7 +34,7 @@ from detnas.distributed import broadcast_object, init_distributed, is_main, on_m
 from detnas.model.space import arch_to_str, get_space, resolve_arch
 from detnas.stages import preemption
 from detnas.stages.jobs import finetune_job, pretrain_job, run_stage
-from detnas.stages.lanes import Stage, lanes_for, run_side_by_side, threads_per_lane, torch_threads
+from detnas.stages.lanes import Stage, lanes_for, run_side_by_side, threads_per_lane
 from detnas.stages.rank_check import run_rank_check
 from detnas.stages.report import write_report
 from detnas.stages.retrain import run_retrain
@@ -85,8 +85,7 @@ class _Stages:
             else:
                 for stage in todo:
                     self._started(stage)
-                    with torch_threads(self.threads):  # as many as beside another stage: the same results
-                        stage.fn()
+                    stage.fn()
                     self._finished(stage)
         finally:
             self.state["wall"] += time.perf_counter() - start
