@@ -155,7 +155,7 @@ def pipeline(
 def demo(
     out: Annotated[Path, typer.Option("--out", help="run folder; rerun to continue")] = Path("runs/demo"),
 ) -> None:
-    """The whole pipeline on the built-in demo data (digits on photos), in about 10 minutes on 2 CPU cores."""
+    """The whole pipeline on the built-in demo data (digits on photos), in 7-10 minutes on 2 CPU cores."""
     from detnas.stages.demo import run_demo
 
     report = run_demo(out)
