@@ -16,6 +16,7 @@ from detnas.config.runs import (
     TRAINING_RESUMABLE,
     config_changes,
     is_finished,
+    with_added_keys,
 )
 from detnas.errors import UserError
 from detnas.model.flops import arch_cost
@@ -38,6 +39,21 @@ def test_config_changes_ignore_only_the_resumable_keys():
     assert config_changes(old, new, TRAINING_RESUMABLE) == ["data.flip", "train.lr"]
     assert config_changes({"generations": 2, "seed": 0}, {"generations": 5, "seed": 1}, SEARCH_RESUMABLE) == ["seed"]
     assert config_changes({"a": 1}, {"b": 1}) == ["a", "b"]
+
+
+def test_keys_added_since_a_run_began_are_no_change_at_their_defaults():
+    """A run recorded by an older detnas (no ``sampling.prefix``, no ``amp``) resumes after an upgrade;
+    a value other than the new key's default is still a change."""
+    from detnas.config.schema import FinetuneConfig
+
+    source = {"annotations": "a.json", "images": "img"}
+    new = FinetuneConfig.model_validate({"data": {"train": source}, "train": {"iters": 5, "batch_size": 2, "lr": 0.1}})
+    old = new.model_dump(mode="json")
+    del old["sampling"]["prefix"], old["amp"]
+    assert config_changes(old, new.model_dump(mode="json")) == ["amp", "sampling.prefix"]
+    assert config_changes(with_added_keys(old, FinetuneConfig), new.model_dump(mode="json")) == []
+    changed = new.model_copy(update={"sampling": new.sampling.model_copy(update={"prefix": [1]})})
+    assert config_changes(with_added_keys(old, FinetuneConfig), changed.model_dump(mode="json")) == ["sampling.prefix"]
 
 
 def test_resolve_arch_finds_the_space_of_digits_presets_and_lists():

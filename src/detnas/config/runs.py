@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pydantic import BaseModel, TypeAdapter
+
 from detnas.errors import UserError
 
 LOCK_FILE = "run.lock"  # every stage: the process using the folder (stages/run_lock.py)
@@ -101,6 +103,20 @@ def config_changes(old: dict, new: dict, resumable: tuple[str, ...] = (), prefix
             out += config_changes(old[key], new[key], resumable, name + ".")
         else:
             out.append(name)
+    return out
+
+
+def with_added_keys(old: dict, model: type[BaseModel]) -> dict:
+    """``old``, a config that an older detnas recorded, with the keys added to ``model`` since then at
+    their defaults (what that run did without them), so that an upgrade does not count as a change."""
+    out = dict(old)
+    for name, info in model.model_fields.items():
+        sub = info.annotation if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel) else None
+        if name not in out and not info.is_required():
+            out[name] = TypeAdapter(info.annotation).dump_python(info.get_default(call_default_factory=True),
+                                                                 mode="json")
+        elif sub is not None and isinstance(out.get(name), dict):
+            out[name] = with_added_keys(out[name], sub)
     return out
 
 

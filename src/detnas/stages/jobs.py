@@ -116,7 +116,7 @@ def pretrain_job(cfg: PretrainConfig, arch: Arch | None = None) -> Job:
         PRETRAIN if arch is None else RETRAIN_PRETRAIN, model, train_set, None, loss,
         arch_schedule(space, cfg, arch, cfg.grow_iters), final_eval,
         {"space": space_meta(cfg), "arch": arch and arch_to_str(arch), "classes": train_set.classes,
-         "config": cfg.model_dump(mode="json")},
+         "config": cfg.model_dump(mode="json")}, config_model=type(cfg),
         grow=grow,
     )
 
@@ -215,7 +215,7 @@ def finetune_job(cfg: FinetuneConfig, out_dir: Path, arch: Arch | None = None, i
         FINETUNE if arch is None else RETRAIN, model, train_set, collate, loss,
         arch_schedule(space, cfg, arch), final_eval,
         {"space": space_meta(cfg), "arch": arch and arch_to_str(arch), "classes": full.categories,
-         "config": cfg.model_dump(mode="json")},
+         "config": cfg.model_dump(mode="json")}, config_model=type(cfg),
         # written by the training loop once it knows that ``out_dir`` holds no other run
         write_files=None if holdout is None else lambda out: holdout.save_coco(Path(out) / SPLIT_FILE),
         loss_parts=parts,

@@ -24,7 +24,14 @@ from torch import nn
 
 from detnas.atomic import write_text_atomic
 from detnas.checkpoint import load_checkpoint, save_checkpoint
-from detnas.config.runs import CHECKPOINT, METRICS_FILE, TRAINING_RESUMABLE, config_changes, raise_exists
+from detnas.config.runs import (
+    CHECKPOINT,
+    METRICS_FILE,
+    TRAINING_RESUMABLE,
+    config_changes,
+    raise_exists,
+    with_added_keys,
+)
 from detnas.config.schema import SamplingConfig, ScheduleConfig
 from detnas.data.loading import Workers, data_workers, loader_options
 from detnas.distributed import (
@@ -120,6 +127,7 @@ class Job:
     # supernet's choices out of the path trained until then (model/growth.py)
     grow: tuple[int, Callable[[nn.Module, object], None]] | None = None
     loss_parts: LossParts | None = None  # filled by ``loss`` (e.g. the detector's RPN and box losses), logged
+    config_model: type | None = None  # the class of meta's config: keys added to it since a run began are no change
 
 
 def train_step(model: nn.Module, job: Job, batch, arch: Arch, device: torch.device, params: list[nn.Parameter],
@@ -202,9 +210,12 @@ def _check_can_start(job: Job, schedule: ScheduleConfig, ckpt_path: Path, resume
                         f"{schedule.batch_size} x {world_size} workers): lower train.batch_size or add images")
 
 
-def _check_resumable(state: dict, config: dict, amp: str, ckpt_path: Path) -> None:
+def _check_resumable(state: dict, job: Job, amp: str, ckpt_path: Path) -> None:
     """Refuse to resume a run with settings that would make it differ from an uninterrupted one."""
-    changed = config_changes(state.get("config", {}), config, TRAINING_RESUMABLE)
+    old = state.get("config", {})
+    if job.config_model is not None:
+        old = with_added_keys(old, job.config_model)
+    changed = config_changes(old, job.meta.get("config", {}), TRAINING_RESUMABLE)
     if changed:
         raise UserError(f"this run was started with another config (differs in {', '.join(changed)}): "
                         "resume with the same config, or choose another --out", ckpt_path)
@@ -228,7 +239,7 @@ class _Checkpointer:
         if not self.path.exists():
             return 0
         state = load_checkpoint(self.path, self.job.stage, self.job.meta.get("space"))
-        _check_resumable(state, self.job.meta.get("config", {}), self.amp, self.path)
+        _check_resumable(state, self.job, self.amp, self.path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
