@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from detnas.artifacts.init_weights import finetuned_supernet
 from detnas.checkpoint import load_checkpoint
 from detnas.config.runs import CHECKPOINT, FINETUNE, PRETRAIN, RANK_CHECK, SPLIT_FILE, is_finished
 from detnas.config.schema import (
@@ -115,6 +116,8 @@ def _start(cfg: PretrainConfig | FinetuneConfig) -> str:
         return "starts from random weights (init: none)"
     if not Path(cfg.init).exists():
         raise UserError("init: not found", cfg.init)
+    if type(cfg) is FinetuneConfig and finetuned_supernet(cfg.init):  # a retraining's network takes its path only
+        return f"starts from the whole finetuned supernet detector in {cfg.init}"
     return f"starts from the backbone in {cfg.init}"
 
 

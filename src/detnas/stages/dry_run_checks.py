@@ -64,11 +64,12 @@ def budget(space: SearchSpace, search: SearchConfig) -> list[str]:
 
 
 def sampling(space: SearchSpace, s: SamplingConfig, seed: int) -> list[str]:
-    """The training paths' FLOPs range, met by some architecture (an ArchError when none)."""
-    if s.min_flops is None and s.max_flops is None:
+    """The training paths' FLOPs range and first choices, met by some architecture (an ArchError when none)."""
+    if s.min_flops is None and s.max_flops is None and not s.prefix:
         return []
-    sample_arch(space, np.random.default_rng(seed), s.min_flops, s.max_flops)
-    return ["training paths' FLOPs range: feasible"]
+    sample_arch(space, np.random.default_rng(seed), s.min_flops, s.max_flops, prefix=tuple(s.prefix))
+    prefix = f", first choices {''.join(map(str, s.prefix))} (a few-shot part of the space)" if s.prefix else ""
+    return [f"training paths' FLOPs range{prefix}: feasible"]
 
 
 def eval_archs(archs: list[str]) -> list[str]:
@@ -161,5 +162,5 @@ def lanes(setting, workers: int) -> list[str]:
     if n == 1:
         return []
     return [f"stages side by side: {n} at a time, {threads_per_lane(n)} thread(s) each (parallel_stages: {setting}): "
-            "the searches with the baseline's retraining, then the other retrainings; a time estimate below "
-            "adds them up one after another"]
+            "the searches with the baseline's retraining, then the other retrainings (an estimate of the "
+            "run's time counts them one after another)"]
