@@ -5,6 +5,10 @@ report as one stage at a time: test_preemption_pipeline.py."""
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -56,6 +60,39 @@ def test_stages_run_side_by_side_and_errors_come_back_as_raised(tmp_path):
 
     with pytest.raises(RuntimeError, match=r"^buggy failed: ZeroDivisionError: a bug \(its traceback is above\)$"):
         run_side_by_side([Stage("buggy", tmp_path, crash)], 2, 1, lambda s: None, lambda s: None)
+
+
+def write_pid_and_wait(path: Path) -> None:
+    path.write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+def test_a_killed_pipeline_takes_its_stages_with_it(tmp_path):
+    """kill -9 of the process that runs stages side by side (an out-of-memory kill) ends them too: an
+    orphan would keep its stage's folder locked."""
+    from detnas.stages.run_lock import _alive
+
+    pid_file = tmp_path / "stage.pid"
+    script = ("import sys; from functools import partial; from pathlib import Path; import test_lanes as t\n"
+              "if __name__ == '__main__':\n"
+              f"    stage = t.Stage('s', Path({str(tmp_path)!r}), partial(t.write_pid_and_wait, Path({str(pid_file)!r})))\n"
+              "    t.run_side_by_side([stage, stage], 2, 1, lambda s: None, lambda s: None)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not pid_file.exists():
+            time.sleep(0.1)
+        assert pid_file.exists(), "the stage never started"
+        time.sleep(0.2)  # the pid is written whole
+        stage = int(pid_file.read_text())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(stage):
+            time.sleep(0.1)
+        assert not _alive(stage), "the stage's process outlived the killed pipeline"
+    finally:
+        parent.kill()
 
 
 def test_output_lines_carry_the_stage_name():

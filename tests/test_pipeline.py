@@ -17,7 +17,6 @@ import yaml
 from cli_checks import DETNAS, ENV
 from data_builders import TINY_TRAINED_DETECTOR
 from detnas.data.demo import build_demo_data
-from detnas.stages.run_lock import _alive
 
 
 def tiny_pipeline_config(tmp: Path) -> Path:
@@ -62,8 +61,6 @@ def history_lines(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_pipeline_killed_during_search_resumes_and_reports(tmp_path):
     config = tiny_pipeline_config(tmp_path)
-    # the two searches side by side, each in its own process: killing the pipeline ends them too
-    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "parallel_stages": 2}))
     run = tmp_path / "run"
     proc = pipeline(config, run)
     # kill -9 once the search has finished a generation and is inside the next one
@@ -76,11 +73,6 @@ def test_pipeline_killed_during_search_resumes_and_reports(tmp_path):
     assert proc.poll() is None, "the pipeline ended before it could be killed during the search:\n" + proc.stdout.read()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    search_process = json.loads((run / "search" / "run.lock").read_text())["pid"]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(search_process):
-        time.sleep(0.1)
-    assert not _alive(search_process), "the search's process outlived the killed pipeline"
     finished_before = {stage: (run / stage / "metrics.json").stat().st_mtime_ns for stage in ("pretrain", "finetune")}
     evaluated_before = len(history_lines(run))
     assert not (run / "report.md").exists()
