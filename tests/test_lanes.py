@@ -46,7 +46,7 @@ def run_until_stopped(marker: Path) -> None:
 def test_stages_run_side_by_side_and_errors_come_back_as_raised(tmp_path):
     done = []
     stages = [Stage(f"s{i}", tmp_path, partial(write, tmp_path / f"{i}.txt", str(i))) for i in range(2)]
-    run_side_by_side(stages, 2, 1, lambda s: None, lambda s: done.append(s.name))
+    run_side_by_side(stages, 2, lambda s: None, lambda s: done.append(s.name))
     assert sorted(done) == ["s0", "s1"] and (tmp_path / "1.txt").read_text() == "1"
 
     # one stage's user error stops the long stage beside it at its next safe point, then is raised as it was
@@ -55,11 +55,11 @@ def test_stages_run_side_by_side_and_errors_come_back_as_raised(tmp_path):
               Stage("bad", tmp_path, partial(fail, "data.yaml: no such file")),
               Stage("never", tmp_path, partial(write, tmp_path / "never.txt", "x"))]
     with pytest.raises(UserError, match="^data.yaml: no such file$"):
-        run_side_by_side(stages, 2, 1, lambda s: None, lambda s: None)
+        run_side_by_side(stages, 2, lambda s: None, lambda s: None)
     assert not (tmp_path / "never.txt").exists()
 
     with pytest.raises(RuntimeError, match=r"^buggy failed: ZeroDivisionError: a bug \(its traceback is above\)$"):
-        run_side_by_side([Stage("buggy", tmp_path, crash)], 2, 1, lambda s: None, lambda s: None)
+        run_side_by_side([Stage("buggy", tmp_path, crash)], 2, lambda s: None, lambda s: None)
 
 
 def write_pid_and_wait(path: Path) -> None:
@@ -76,7 +76,7 @@ def test_a_killed_pipeline_takes_its_stages_with_it(tmp_path):
     script = ("import sys; from functools import partial; from pathlib import Path; import test_lanes as t\n"
               "if __name__ == '__main__':\n"
               f"    stage = t.Stage('s', Path({str(tmp_path)!r}), partial(t.write_pid_and_wait, Path({str(pid_file)!r})))\n"
-              "    t.run_side_by_side([stage, stage], 2, 1, lambda s: None, lambda s: None)\n")
+              "    t.run_side_by_side([stage, stage], 2, lambda s: None, lambda s: None)\n")
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent)
     try:
         deadline = time.monotonic() + 120

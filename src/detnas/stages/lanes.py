@@ -59,11 +59,12 @@ def threads_per_lane(lanes: int) -> int:
     return max(1, torch.get_num_threads() // lanes)
 
 
-def run_side_by_side(stages: list[Stage], lanes: int, threads: int, on_start: Callable[[Stage], None],
+def run_side_by_side(stages: list[Stage], lanes: int, on_start: Callable[[Stage], None],
                      on_done: Callable[[Stage], None]) -> None:
     """Run ``stages`` (independent of each other) in child processes, ``lanes`` at a time, in order,
-    each with ``threads`` intra-op threads."""
+    each with its share of the threads (``threads_per_lane``)."""
     ctx = mp.get_context("spawn")  # not fork: torch's thread pools do not survive a fork
+    threads = threads_per_lane(lanes)
     pending, running = list(stages), {}
     failure: BaseException | None = None
     stopped: list[str] = []  # what the stages that stopped on a signal saved

@@ -34,7 +34,7 @@ from detnas.distributed import broadcast_object, init_distributed, is_main, on_m
 from detnas.model.space import arch_to_str, get_space, resolve_arch
 from detnas.stages import preemption
 from detnas.stages.jobs import finetune_job, pretrain_job, run_stage
-from detnas.stages.lanes import Stage, lanes_for, run_side_by_side, threads_per_lane
+from detnas.stages.lanes import Stage, lanes_for, run_side_by_side
 from detnas.stages.rank_check import run_rank_check
 from detnas.stages.report import write_report
 from detnas.stages.retrain import run_retrain
@@ -56,7 +56,7 @@ class _Stages:
     together are independent: with ``lanes`` > 1 they run side by side (``lanes.py``)."""
 
     def __init__(self, out: Path, lanes: int = 1):
-        self.out, self.lanes, self.threads = out, lanes, threads_per_lane(lanes)
+        self.out, self.lanes = out, lanes
         self.path = out / PIPELINE_FILE
         self.state = json.loads(self.path.read_text()) if self.path.exists() else {"seconds": {}}
         running = self.state.pop("running", {})  # the stages that were interrupted
@@ -81,7 +81,7 @@ class _Stages:
         start = time.perf_counter()
         try:
             if self.lanes > 1 and len(todo) > 1:
-                run_side_by_side(todo, self.lanes, self.threads, self._started, self._finished)
+                run_side_by_side(todo, self.lanes, self._started, self._finished)
             else:
                 for stage in todo:
                     self._started(stage)
