@@ -11,6 +11,7 @@ Recipes (on top of the packaged demo config): ``grown`` is the demo's own; ``fai
 strict fairness (``sampling.fair``); ``authors`` trains path-wise from the start (no growth, the
 authors' recipe); ``long`` doubles both schedules; ``large`` finetunes and scores at 192 px instead
 of 128 (the c5 map 6x6 instead of 4x4, anchors scaled alike), about 1.9x the demo's supernet compute;
+``bf16`` is the demo's recipe with bf16 autocast in every stage (training and scoring);
 ``fewshot`` (Zhao et al. 2021) splits each ``grown`` supernet on the first block's choice into 4
 sub-supernets, each started from the whole supernet and finetuned a quarter of the finetuning's steps
 more on its part of the space (the finetuning budget doubled in all), and scores an architecture on
@@ -42,6 +43,8 @@ from detnas.stages.supernet_agreement import pairwise_taus, split_half_taus
 def recipe(demo: PipelineConfig, name: str) -> PipelineConfig:
     if name in ("grown", "fewshot"):
         return demo
+    if name == "bf16":
+        return demo.model_copy(update={"amp": "bf16"})
     if name == "fair":
         return demo.model_copy(update={"sampling": demo.sampling.model_copy(update={"fair": True})})
     if name == "authors":
@@ -58,7 +61,7 @@ def recipe(demo: PipelineConfig, name: str) -> PipelineConfig:
         pretrain = demo.pretrain.model_copy(update={"train": doubled(demo.pretrain.train),
                                                     "grow_iters": 2 * demo.pretrain.grow_iters})
         return demo.model_copy(update={"pretrain": pretrain, "finetune": doubled(demo.finetune)})
-    raise SystemExit(f"unknown recipe {name!r}: grown, fair, authors, long, large or fewshot")
+    raise SystemExit(f"unknown recipe {name!r}: grown, fair, authors, long, large, fewshot or bf16")
 
 
 def archs_to_score(demo: PipelineConfig, n: int) -> list[tuple]:
@@ -110,7 +113,7 @@ def fitness_of_seed(cfg: PipelineConfig, run: Path, archs: list[tuple], fewshot_
         return json.loads(path.read_text())
     t0 = time.perf_counter()
     if fewshot_of is None:
-        evaluator = SupernetEvaluator(train_supernet(cfg, run), cfg.fitness, workers=0)
+        evaluator = SupernetEvaluator(train_supernet(cfg, run), cfg.fitness, workers=0, amp=cfg.amp)
         scores = {arch_to_str(a): evaluator(a)["map"] for a in archs}
     else:
         parts = [SupernetEvaluator(p, cfg.fitness, workers=0)
@@ -121,9 +124,32 @@ def fitness_of_seed(cfg: PipelineConfig, run: Path, archs: list[tuple], fewshot_
     return scores
 
 
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * sd:.1f}"
+
+
+def print_quality(runs: dict[str, list[Path]], fitness: dict[str, list[list[float]]]) -> None:
+    """How good each recipe's supernets are, as mean ± std over seeds: the evaluated paths' top-1 after
+    pretraining, their AP after finetuning (search split), and the scored architectures' mean fitness."""
+    print("\n| recipe | seeds | top-1 of the evaluated paths after pretraining (%) | their AP after finetuning "
+          "(%) | mean fitness of the scored architectures (AP %) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, folders in runs.items():
+        top1, ap = [], []
+        for run in folders:
+            pre, ft = run / PRETRAIN_DIR / "metrics.json", run / FINETUNE_DIR / "metrics.json"
+            if pre.exists():
+                top1.append(statistics.fmean(json.loads(pre.read_text())["top1"].values()))
+            if ft.exists():
+                ap.append(statistics.fmean(m["AP"] for m in json.loads(ft.read_text())["map"].values()))
+        cells = [_mean_sd(v) if v else "-" for v in (top1, ap, [statistics.fmean(f) for f in fitness[name]])]
+        print(f"| {name} | {len(folders)} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--recipe", action="append", required=True, help="grown, fair, authors, long, large or fewshot (repeatable)")
+    ap.add_argument("--recipe", action="append", required=True, help="grown, fair, authors, long, large, fewshot or bf16 (repeatable)")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--archs", type=int, default=12, help="architectures scored by every supernet")
     ap.add_argument("--out", type=Path, required=True)
@@ -135,13 +161,14 @@ def main() -> None:
     print("| recipe | seeds | fitness range (AP %) | tau between seeds: mean ± std [min, max] | tau between "
           "halves (2-supernet ensembles of 4 seeds) |")
     print("|---|---:|---:|---:|---:|")
-    rankings = {}
+    rankings, runs, fitnesses = {}, {}, {}
     for name in args.recipe:
         cfg = recipe(demo, name)
         scores = [fitness_of_seed(cfg.model_copy(update={"seed": s}), args.out / name / f"seed{s}", archs,
                                   args.out / "grown" / f"seed{s}" if name == "fewshot" else None)
                   for s in range(args.seeds)]
-        fitness = [[score[x] for x in names] for score in scores]
+        fitness = fitnesses[name] = [[score[x] for x in names] for score in scores]
+        runs[name] = [args.out / name / f"seed{s}" for s in range(args.seeds)]
         matrix = pairwise_taus(fitness)
         single = [matrix[i][j] for i, j in itertools.combinations(range(len(scores)), 2)]
         ensemble = split_half_taus(fitness) if len(scores) >= 4 else []
@@ -153,6 +180,7 @@ def main() -> None:
               f"| {ens} |", flush=True)
         rankings.update({f"{name} {s}": score for s, score in enumerate(scores)})
     print_choice_count_taus(rankings, names)
+    print_quality(runs, fitnesses)
 
 
 if __name__ == "__main__":

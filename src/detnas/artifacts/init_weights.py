@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -53,10 +54,16 @@ def finetuned_supernet(path: str | Path) -> bool:
     """Whether ``path`` is one of our finetuned supernet detectors (whose every weight a supernet
     detector can start from, e.g. a few-shot sub-supernet), rather than backbone weights."""
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or not zipfile.is_zipfile(path):  # ours are torch's zip format
         return False
-    data = _read_torch(path)
-    return data.get("format") == FORMAT and data.get("stage") == FINETUNE and data.get("arch") is None
+    try:  # memory-mapped: only the small fields are read here, the weights once, by whoever loads them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not one of ours: the loader that reads it says why
+        return False
+    return (isinstance(data, dict) and data.get("format") == FORMAT and data.get("stage") == FINETUNE
+            and data.get("arch") is None)
 
 
 def _unwrap(data: dict, path: Path) -> dict:
