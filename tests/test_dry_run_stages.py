@@ -91,6 +91,25 @@ def test_the_estimate_is_seconds_per_image_times_the_images_computed(data_root, 
     assert not (tmp_path / "run").exists()
 
 
+def test_the_estimate_counts_every_supernet(data_root, supernet, tmp_path, cli_here, monkeypatch):
+    monkeypatch.setattr(StepTimer, "classification", lambda self, arch, size, batch, n: 0.001)
+    monkeypatch.setattr(StepTimer, "detection", lambda self, arch, det, batch, n: 0.5)
+    monkeypatch.setattr(StepTimer, "inference", lambda self, det, batch, n: 0.01)
+    text = cli_here("pipeline", "--config", "coco-fpn-small", "--data-root", data_root, "--set",
+                    "detection.holdout.size=2", "--set", "supernets=2", "--out", tmp_path / "run", "--dry-run").stdout
+    estimate = text.split("time estimate")[1].splitlines()[1:-1]
+    rows = {line[:30].strip(): line[30:].strip() for line in estimate}
+    assert rows["pretrain"] == rows["pretrain (supernet 1)"] == "10.7 h"  # each supernet trained alike
+    assert rows["finetune"] == rows["finetune (supernet 1)"] == "25.0 h"
+    assert rows["search (evolution)"] == duration(2 * 1000 * (4000 + 2) * 0.01)  # each candidate on each supernet
+    assert "search-split images) x 2 supernets" in text and len(rows) == 10
+    # the search stage with two --supernet scores each candidate on both
+    text = cli_here("search", "--config", "coco-fpn-small", "--data-root", data_root, *SMALL, "--supernet", supernet,
+                    "--supernet", supernet, "--out", tmp_path / "s", "--dry-run").stdout
+    assert f"supernet: {supernet} (its fitness is averaged with the first one's)" in text
+    assert "(4,000 recalibration + 3 search-split images) x 2 supernets" in text
+
+
 def test_real_timed_steps_on_this_device(data_root, tmp_path):
     from detnas.model.detector_config import DetectorConfig
     from detnas.model.space import get_space

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from detnas.cli.app import OutOpt, ResumeOpt, StageInput, SupernetOpt, app, flag, stage_command
+from detnas.cli.app import OutOpt, ResumeOpt, StageInput, app, flag, stage_command
 from detnas.errors import UserError
 from detnas.model.space import get_space, resolve_arch
 
@@ -53,11 +53,19 @@ def finetune(stage: StageInput, init: InitOpt = None, out: OutOpt = None, resume
 
 
 @stage_command("search")
-def search(stage: StageInput, supernet: SupernetOpt = None, out: OutOpt = None, resume: ResumeOpt = False) -> None:
+def search(
+    stage: StageInput,
+    supernet: Annotated[Optional[list[Path]], typer.Option("--supernet", help=(
+        "the finetuned supernet's run folder (a pipeline's finetune/); overrides the config's; repeatable: the "
+        "fitness is the mean over the supernets (an ensemble, e.g. a pipeline's finetune/ and finetune-1/)"))] = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+) -> None:
     """Stage 3: evolutionary, Pareto (NSGA-II) or random search of the finetuned supernet under a budget.
 
     The budget bounds FLOPs, parameters or predicted latency."""
-    cfg = stage.load(supernet)
+    others = [str(p) for p in (supernet or [])[1:]] or None
+    cfg = stage.load(supernet[0] if supernet else None, _option("other_supernets", others, "--supernet"))
     out = out or Path("runs/search")
     if stage.plan(cfg, out):
         return

@@ -77,6 +77,17 @@ def retrain_dir(out: Path, name: str, repeat: int) -> Path:
     return Path(out) / RETRAIN_DIR / (name if repeat == 0 else f"{name}-seed{repeat}")
 
 
+def supernet_dir(out: Path, stage_dir: str, k: int) -> Path:
+    """The pipeline's folder of the ``k``-th supernet's ``stage_dir`` (``PRETRAIN_DIR`` or ``FINETUNE_DIR``):
+    supernet 0 keeps the folder of runs made before the pipeline trained several (``supernets``)."""
+    return Path(out) / (stage_dir if k == 0 else f"{stage_dir}-{k}")
+
+
+def supernet_stage(stage: str, k: int) -> str:
+    """The pipeline's name of the ``k``-th supernet's ``stage`` (``PRETRAIN`` or ``FINETUNE``)."""
+    return stage if k == 0 else f"{stage} (supernet {k})"
+
+
 def rank_scores_file(out: Path, k: int) -> Path:
     """The rank check's file of the ``k``-th supernet's fitness (0: ``--supernet``'s first)."""
     return Path(out) / (RANK_SCORES_FILE if k == 0 else RANK_SCORES_FILE.replace(".json", f".{k}.json"))

@@ -250,6 +250,8 @@ class SearchConfig(StrictModel):
 
 class SearchStageConfig(StrictModel):
     supernet: Path  # the finetuning run folder (checkpoint.pt and search_split.json)
+    # more finetuned supernets of the same search split: the fitness is the mean over all of them
+    other_supernets: list[Path] = []
     search: SearchConfig = SearchConfig()
     fitness: FitnessConfig = FitnessConfig()
     workers: DataWorkers = "auto"  # DataLoader workers decoding the recalibration and search images
@@ -340,6 +342,9 @@ class PipelineConfig(SpaceConfig):
     # independent stages (the two searches, the retrainings) run this many at once, each in its own process
     # with its share of torch's threads; auto: 2 on a CPU with 2+ threads, else 1 (stages/lanes.py)
     parallel_stages: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    # supernets pretrained and finetuned alike with seeds seed, seed + 1, ...: the search's fitness is their
+    # mean, which orders architectures less by the noise of one training run (K times the supernet cost)
+    supernets: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _search_needs_a_split(self):
@@ -350,30 +355,32 @@ class PipelineConfig(SpaceConfig):
             raise ValueError(f"search.strategy: the pipeline runs the evolution (and random search with "
                              f"random_search: true), not '{self.search.strategy}'; run `detnas search` with "
                              "this strategy on the pipeline's finetune folder")
-        if self.rank_check is not None and self.rank_check.seeds == 0:
-            raise ValueError("rank_check.seeds: the pipeline's rank check has one supernet, so it needs 1 or more "
-                             "retrainings per architecture (0 is for detnas rank-check with several --supernet)")
+        if self.rank_check is not None and self.rank_check.seeds == 0 and self.supernets == 1:
+            raise ValueError("rank_check.seeds: with one supernet the pipeline's rank check needs 1 or more "
+                             "retrainings per architecture (0 compares several supernets: supernets: 2 or more)")
         return self
 
     def common(self) -> dict:
         return {"space": self.space, "width_mult": self.width_mult, "seed": self.seed, "amp": self.amp,
                 "logging": self.logging}
 
-    def pretrain_config(self) -> PretrainConfig | None:
+    def pretrain_config(self, supernet: int = 0) -> PretrainConfig | None:  # seed: seed + supernet
         if self.pretrain is None or self.classification is None:
             return None
-        return PretrainConfig(**self.common(), data=self.classification, sampling=self.sampling, eval=self.eval,
-                              **dict(self.pretrain))
+        return PretrainConfig(**{**self.common(), "seed": self.seed + supernet}, data=self.classification,
+                              sampling=self.sampling, eval=self.eval, **dict(self.pretrain))
 
-    def finetune_config(self, init: Path | None) -> FinetuneConfig:
-        return FinetuneConfig(**self.common(), init=init, data=self.detection, detector=self.detector,
-                              train=self.finetune, sampling=self.sampling, eval=self.eval)
+    def finetune_config(self, init: Path | None, supernet: int = 0) -> FinetuneConfig:
+        """Seed ``seed + supernet``; the search split is drawn with its own seed: the same for every supernet."""
+        return FinetuneConfig(**{**self.common(), "seed": self.seed + supernet}, init=init, data=self.detection,
+                              detector=self.detector, train=self.finetune, sampling=self.sampling, eval=self.eval)
 
-    def search_config(self, finetune_dir: Path, strategy: str) -> SearchStageConfig:
-        return SearchStageConfig(
-            supernet=finetune_dir, search=self.search.model_copy(update={"strategy": strategy}),
-            fitness=self.fitness, workers=self.detection.workers, amp=self.amp, progress=self.logging.progress,
-        )
+    def search_config(self, finetune_dir: Path, strategy: str, others: list[Path] = ()) -> SearchStageConfig:
+        """The search of the supernet in ``finetune_dir`` (with ``others``: of their mean fitness)."""
+        search = self.search.model_copy(update={"strategy": strategy})
+        return SearchStageConfig(supernet=finetune_dir, other_supernets=list(others), search=search,
+                                 fitness=self.fitness, workers=self.detection.workers, amp=self.amp,
+                                 progress=self.logging.progress)
 
     def retrain_config(self, finetune_dir: Path) -> RetrainConfig:
         """Each retraining's config; with ``retrain.inherit`` it starts from the supernet in ``finetune_dir``."""
@@ -386,7 +393,8 @@ class PipelineConfig(SpaceConfig):
         return RetrainConfig(**self.common(), data=data, detector=self.detector, train=self.retrain.train,
                              eval=self.eval, pretrain=pretrain, supernet=finetune_dir if self.retrain.inherit else None)
 
-    def rank_check_config(self, finetune_dir: Path, include: list[str]) -> RankCheckStageConfig:
-        return RankCheckStageConfig(supernet=finetune_dir, fitness=self.fitness, search=self.search,
-                                    retrain=self.retrain_config(finetune_dir),
+    def rank_check_config(self, finetune_dir: Path, include: list[str],
+                          others: list[Path] = ()) -> RankCheckStageConfig:
+        return RankCheckStageConfig(supernet=finetune_dir, other_supernets=list(others), fitness=self.fitness,
+                                    search=self.search, retrain=self.retrain_config(finetune_dir),
                                     rank_check=self.rank_check or RankCheckRecipe(), include=include)

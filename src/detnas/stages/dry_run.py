@@ -17,7 +17,7 @@ from pathlib import Path
 
 from detnas.artifacts.init_weights import finetuned_supernet
 from detnas.checkpoint import load_checkpoint
-from detnas.config.runs import CHECKPOINT, FINETUNE, PRETRAIN, RANK_CHECK, SPLIT_FILE, is_finished
+from detnas.config.runs import CHECKPOINT, FINETUNE, PRETRAIN, RANK_CHECK, SPLIT_FILE, is_finished, supernet_stage
 from detnas.config.schema import (
     EvaluateConfig,
     FinetuneConfig,
@@ -150,15 +150,23 @@ def _search(cfg: SearchStageConfig, out: Path, workers: int) -> _Plan:
     space = get_space(ft.space, ft.width_mult)
     plan = _Plan(space, cfg.amp, [f"supernet: {cfg.supernet} ({space.describe()} space, {ft.detector.kind} "
                                   f"detector, {n_classes} classes; search split of {split:,} images)"])
+    for other in cfg.other_supernets:  # the ensemble's: each scores every candidate
+        _supernet(other)
+        plan.lines.append(f"supernet: {other} (its fitness is averaged with the first one's)")
     plan.lines += check.budget(space, cfg.search)
-    images = cfg.fitness.recalib_images + split
+    k = 1 + len(cfg.other_supernets)
+    images = (cfg.fitness.recalib_images + split) * k
     plan.lines += ["", f"plan (run folder {out}):", f"  {'search (' + cfg.search.strategy + ')':<28} "
                    f"{check.state(out):<20} {cfg.search.budget:,} candidates x ({cfg.fitness.recalib_images:,} "
-                   f"recalibration + {split:,} search-split images)"]
+                   f"recalibration + {split:,} search-split images){_times_supernets(k)}"]
     plan.rows = [] if is_finished(out) else [(
         "search", lambda t: t.inference(ft.detector, cfg.fitness.batch_size, n_classes) * images
         * cfg.search.budget / workers)]
     return plan
+
+
+def _times_supernets(k: int) -> str:
+    return f" x {k} supernets" if k > 1 else ""
 
 
 def _retrain_rows(cfg: RetrainConfig, workers: int, n_classes: int, arch: Arch | None, pretrain: bool,
@@ -217,7 +225,7 @@ def _rank_check(cfg: RankCheckStageConfig, out: Path, workers: int) -> _Plan:
                    f"and retrained alone x {rc.seeds} seeds"]
     n_pretrain_classes = check.classification_data(rt.pretrain.data)[1] if rt.pretrain is not None else 0
     retrain = _total(_retrain_rows(rt, workers, n_classes, None, True, n_pretrain_classes))
-    images = cfg.fitness.recalib_images + split
+    images = (cfg.fitness.recalib_images + split) * (1 + len(cfg.other_supernets))  # scored on every supernet
     plan.rows = [] if is_finished(out) else [(RANK_CHECK, lambda t: rc.archs * (
         rc.seeds * retrain(t) + t.inference(ft.detector, cfg.fitness.batch_size, n_classes) * images / workers))]
     plan.schedules = [("retrain.train", rt.train)]
@@ -250,21 +258,22 @@ def _pipeline(cfg: PipelineConfig, out: Path, workers: int) -> _Plan:
     ft_cfg = cfg.finetune_config(None)
     rt_cfg = cfg.retrain_config(out)
     retrain = _retrain_rows(rt_cfg, workers, n_det, None, True, n_cls)
-    images = cfg.fitness.recalib_images + cfg.detection.holdout.size
+    images = (cfg.fitness.recalib_images + cfg.detection.holdout.size) * cfg.supernets  # each candidate on each
 
     def search(t: StepTimer) -> float:
         return t.inference(cfg.detector, cfg.fitness.batch_size, n_det) * images * cfg.search.budget / workers
 
+    supernets = range(cfg.supernets)  # trained alike: the same work and time each
     for name, folder in planned_stages(cfg, out):
-        if name == PRETRAIN:
+        if name in {supernet_stage(PRETRAIN, k) for k in supernets}:
             work, seconds = _pretraining(pre_cfg, workers, n_cls)
             work = "pretrain " + work
-        elif name == FINETUNE:
+        elif name in {supernet_stage(FINETUNE, k) for k in supernets}:
             work, seconds = _detection(ft_cfg, workers, n_det)
             work = "finetune " + work
         elif name.startswith("search"):
             work = (f"{cfg.search.budget:,} candidates x ({cfg.fitness.recalib_images:,} recalibration + "
-                    f"{cfg.detection.holdout.size:,} search-split images)")
+                    f"{cfg.detection.holdout.size:,} search-split images){_times_supernets(cfg.supernets)}")
             seconds = search
         elif name == RANK_CHECK:
             rc = cfg.rank_check

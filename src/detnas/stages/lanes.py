@@ -1,5 +1,6 @@
-"""Independent stages side by side: the pipeline's two searches and its retrainings each in their own
-process, ``lanes`` at a time, every process with its share of the cores.
+"""Independent stages side by side: the pipeline's two searches, its retrainings, and with ``supernets`` > 1
+its supernets' pretrainings and finetunings, each in their own process, ``lanes`` at a time, every process
+with its share of the cores.
 
 Why: on a CPU the demo's small tensors keep two intra-op threads waiting on each other (a 32 px training
 step ran 1.4x faster on 1 thread than on 2, a candidate's evaluation 0.93x as fast; BENCHMARKS.md),

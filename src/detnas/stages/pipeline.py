@@ -1,5 +1,7 @@
 """The whole DetNAS pipeline in one command: pretrain, finetune, search (evolution and random), retrain
-the searched architecture, the random-search best and the ShuffleNetV2 baseline, then a report.
+the searched architecture, the random-search best and the ShuffleNetV2 baseline, then a report. With
+``supernets: K`` it pretrains and finetunes K supernets (seeds seed, seed + 1, ...; supernet k >= 1 in
+``pretrain-k/`` and ``finetune-k/``) and the searches score each candidate by their mean fitness.
 
 Each stage writes into its own folder of the run. Rerunning the same command skips the stages that
 finished and resumes the one that was interrupted (or stopped by a signal: ``preemption.py``).
@@ -28,6 +30,8 @@ from detnas.config.runs import (
     is_finished,
     resume_point,
     retrain_dir,
+    supernet_dir,
+    supernet_stage,
 )
 from detnas.config.schema import FinetuneConfig, PipelineConfig, PretrainConfig, RetrainConfig
 from detnas.distributed import broadcast_object, init_distributed, is_main, on_main
@@ -145,22 +149,25 @@ def planned_stages(cfg: PipelineConfig, out: Path) -> list[tuple[str, Path]]:
 def _run_stages(cfg: PipelineConfig, out: Path, stages: _Stages | _Plan) -> None:
     space = get_space(cfg.space, cfg.width_mult)
 
-    pre_cfg = cfg.pretrain_config()
-    init = None
-    if pre_cfg is not None:
-        pre_dir = out / PRETRAIN_DIR
-        stages.run(Stage(PRETRAIN, pre_dir, partial(_pretrain, pre_cfg, pre_dir)))
-        init = pre_dir / CHECKPOINT
-
-    ft_cfg = cfg.finetune_config(init)
-    ft_dir = out / FINETUNE_DIR
-    stages.run(Stage(FINETUNE, ft_dir, partial(_finetune, ft_cfg, ft_dir)))
+    # the supernets (``supernets``): each trained alike with its own seed, side by side where lanes allow
+    supernets = range(cfg.supernets)
+    inits = [None] * cfg.supernets
+    if cfg.pretrain_config() is not None:
+        pre_dirs = [supernet_dir(out, PRETRAIN_DIR, k) for k in supernets]
+        stages.run(*[Stage(supernet_stage(PRETRAIN, k), pre_dirs[k],
+                           partial(_pretrain, cfg.pretrain_config(k), pre_dirs[k])) for k in supernets])
+        inits = [d / CHECKPOINT for d in pre_dirs]
+    ft_dir, *other_ft = ft_dirs = [supernet_dir(out, FINETUNE_DIR, k) for k in supernets]
+    stages.run(*[Stage(supernet_stage(FINETUNE, k), ft_dirs[k],
+                       partial(_finetune, cfg.finetune_config(inits[k], k), ft_dirs[k])) for k in supernets])
 
     strategies = ["evolution"] + (["random"] if cfg.random_search else [])
-    searches = [Stage(f"search ({s})", out / SEARCH_DIRS[s],
-                      partial(run_search_stage, cfg.search_config(ft_dir, s), out / SEARCH_DIRS[s], resume=True))
+    searches = [Stage(f"search ({s})", out / SEARCH_DIRS[s], partial(
+        run_search_stage, cfg.search_config(ft_dir, s, other_ft), out / SEARCH_DIRS[s], resume=True))
                 for s in strategies]
 
+    # with retrain.inherit every network starts from supernet 0's weights of its path: the ensemble chooses the
+    # architecture, but a network has one set of weights to start from
     rt_cfg = cfg.retrain_config(ft_dir)
     # the searches' best architectures, read when their retraining starts (the searches wrote them by then)
     candidates = {"searched": str(out / SEARCH_DIRS["evolution"] / BEST_FILE)}
@@ -183,7 +190,7 @@ def _run_stages(cfg: PipelineConfig, out: Path, stages: _Stages | _Plan) -> None
     if cfg.rank_check is not None:  # the searches' best and the baseline first, then draws
         rc_dir = out / RANK_CHECK_DIR
         include = [str(out / d / BEST_FILE) for d in SEARCH_DIRS.values() if (out / d).is_dir()]
-        rc_cfg = cfg.rank_check_config(ft_dir, include + (["0" * space.num_blocks] if cfg.baseline else []))
+        rc_cfg = cfg.rank_check_config(ft_dir, include + (["0" * space.num_blocks] if cfg.baseline else []), other_ft)
 
         def rank_check() -> None:
             # the retrainings above used the same recipe and seeds: reused, not repeated

@@ -11,6 +11,7 @@ from detnas.config.runs import (
     BEST_FILE,
     CHECKPOINT,
     FINETUNE_DIR,
+    FITNESS_CHECK_FILE,
     GALLERY_DIR,
     HISTORY_FILE,
     METRICS_FILE,
@@ -26,7 +27,7 @@ from detnas.config.runs import (
     retrain_dir,
 )
 from detnas.search.fitness_check import NEAR_ZERO_MAP, read_warnings
-from detnas.stages.supernet_agreement import describe_agreement
+from detnas.stages.supernet_agreement import describe_agreement, describe_search_agreement
 
 GALLERY_IMAGES = 3  # test images shown with the searched and the baseline detections
 GALLERY_SCORE = 0.3  # the gallery draws detections scoring at least this
@@ -178,6 +179,16 @@ def _supernet_agreement(agreement: dict | None) -> list[str]:
     return [" ".join(f"{fact[0].upper()}{fact[1:]}." for fact in facts) + f" In words: {verdict}.", ""]
 
 
+def _ensemble(search: Path) -> list[str]:
+    """With several supernets (``supernets``): the search's fitness is their mean, and how they agree."""
+    agreement = (_read(search / FITNESS_CHECK_FILE) or {}).get("supernets")
+    if agreement is None:
+        return []
+    text = describe_search_agreement(agreement)
+    return [f"The search mAP is the mean of {len(agreement['pairwise_tau'])} supernets' fitness (the Supernet "
+            f"section shows the first one); {text}.", ""]
+
+
 def _rank_check(out: Path) -> list[str]:
     """The rank check's agreement (tau with its interval, the ceiling the seed noise puts on it, the
     zero-cost baselines) and its table."""
@@ -241,7 +252,7 @@ def write_report(out: Path, seconds: dict[str, float], cfg, wall: float | None =
         lines += [
             "## Search", "",
             f"{n} architectures evaluated; best `{best['arch']}` with search mAP {_pct(best['map'])} "
-            f"at {best['flops'] / 1e6:.1f}M body FLOPs.", "",
+            f"at {best['flops'] / 1e6:.1f}M body FLOPs.", "", *_ensemble(out / search),
             f"![best and mean top-k mAP per generation]({search}/{PROGRESS_PNG})", "",
             f"![mAP against FLOPs, Pareto front marked]({search}/{PARETO_PNG})", "",
         ]

@@ -103,3 +103,26 @@ def describe_agreement(agreement: dict) -> list[str]:
             f"{t:.2f}" for t in agreement["each_vs_standalone"]) +
             f"; their mean fitness's: {ensemble['kendall_tau']:.2f} ({lo:.2f} to {hi:.2f})")
     return out + [agreement["verdict"]]
+
+
+def search_agreement(history: list[dict]) -> dict:
+    """``supernet_agreement`` of an ensemble search's supernets over every candidate it evaluated (each
+    record's ``metrics.maps``), with their number. The candidates are the search's, not a uniform draw:
+    an evolution's crowd near its best, where the order is hardest to tell."""
+    fitness = [list(column) for column in zip(*(r["metrics"]["maps"] for r in history))]
+    return {**supernet_agreement(fitness), "candidates": len(history)}
+
+
+def describe_search_agreement(agreement: dict) -> str:
+    """``search_agreement`` in one sentence, without its full stop."""
+    tau, need = agreement["mean_tau"], agreement["supernets_needed"]
+    k = len(agreement["pairwise_tau"])
+    head = (f"the {k} supernets agree on the {agreement['candidates']} candidates' order at "
+            f"{'' if k == 2 else 'mean '}Kendall tau {tau:.2f}")
+    if not math.isfinite(tau):
+        return f"the {k} supernets' fitness of the {agreement['candidates']} candidates is all equal"
+    if need is None:
+        return f"{head} (not at all: the order is each training run's noise)"
+    if need <= 1:
+        return f"{head} (>= {AGREE_TAU}: the order is the architectures')"
+    return f"{head} (by Spearman-Brown, ensembles of about {need} supernets would agree with each other at {AGREE_TAU})"
