@@ -52,3 +52,25 @@ def test_near_chance_is_judged_against_the_gap_to_perfect_for_every_class_count(
 def test_the_verdict_against_the_random_search_names_it():
     text = seed_verdict([0.30, 0.33], [0.30, 0.31], "the random search best")  # +1 AP, spread 2.12
     assert text.startswith("The searched network does not beat the random search best by more than the seed spread")
+
+
+def test_a_choice_that_does_not_win_says_what_limits_it(tmp_path):
+    import json
+
+    from detnas.stages.report import what_limits
+
+    searched, baseline = "12" * 10, "0" * 20
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / "history.jsonl").write_text(
+        "\n".join(json.dumps({"arch": a, "map": m}) for a, m in ((searched, 0.21), ("3" * 20, 0.18))))
+    (tmp_path / "random_search").mkdir()
+    (tmp_path / "random_search" / "history.jsonl").write_text(json.dumps({"arch": baseline, "map": 0.195}))
+    aps, archs = {"searched": [0.20, 0.22], "baseline": [0.21, 0.21]}, {"searched": searched, "baseline": baseline}
+    text = what_limits(tmp_path, aps, archs)
+    assert text.startswith("What limits the choice: in the supernet the searched path led the baseline by 1.50 AP")
+    assert "moves a network's test AP by about 1.41" in text
+    assert "not measured with one supernet: `supernets: 2`" in text
+    # with an ensemble, the supernets' agreement over the search's candidates says it
+    agreement = {"pairwise_tau": [[1.0, 0.2], [0.2, 1.0]], "mean_tau": 0.2, "supernets_needed": 12, "candidates": 24}
+    (tmp_path / "search" / "fitness_check.json").write_text(json.dumps({"supernets": agreement}))
+    assert "the 2 supernets agree on the 24 candidates' order at Kendall tau 0.20" in what_limits(tmp_path, aps, archs)

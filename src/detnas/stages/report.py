@@ -92,6 +92,36 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def beats(searched: list[float], other: list[float]) -> bool:
+    """Does ``searched`` lead ``other`` by more than the larger seed standard deviation (2+ seeds each)?"""
+    if len(searched) < 2 or len(other) < 2:
+        return False
+    (m_s, sd_s), (m_o, sd_o) = _mean_std(searched), _mean_std(other)
+    return m_s - m_o > max(sd_s, sd_o)
+
+
+def what_limits(out: Path, aps: dict[str, list[float]], archs: dict[str, str]) -> str:
+    """Why the searched network did not win, from what this run measured: the lead the supernet gave it,
+    the spread of the deployment's seeds, and whether the supernet's order is the architectures' (the
+    agreement of several supernets, ``supernets``) or one training run's (not measured with one)."""
+    searched_map, baseline_map = _search_map(out, archs["searched"]), _search_map(out, archs["baseline"])
+    facts = []
+    if searched_map is not None and baseline_map is not None:
+        facts.append(f"in the supernet the searched path led the baseline by {100 * (searched_map - baseline_map):.2f} "
+                     "AP (search split)")
+    spread = max(_mean_std(aps["searched"])[1], _mean_std(aps["baseline"])[1])
+    facts.append(f"one seed of the deployment's training moves a network's test AP by about {100 * spread:.2f}")
+    agreement = (_read(out / SEARCH_DIRS["evolution"] / FITNESS_CHECK_FILE) or {}).get("supernets")
+    if agreement is not None:
+        order = describe_search_agreement(agreement)
+    else:
+        order = ("whether the supernet's order of architectures is theirs or this training run's is not measured "
+                 "with one supernet: `supernets: 2` or more trains several alike and reports how they agree "
+                 "(BENCHMARKS.md has the demo recipe's figures), and `rank_check:` compares the fitness with "
+                 "standalone training")
+    return "What limits the choice: " + "; ".join(facts + [order]) + "."
+
+
 def seed_verdict(searched: list[float], baseline: list[float], other: str = "the ShuffleNetV2 baseline") -> str:
     """Does the searched network beat ``other`` (the baseline, or the random search's best) by more than
     the seed spread? In words, AP in %."""
@@ -101,7 +131,7 @@ def seed_verdict(searched: list[float], baseline: list[float], other: str = "the
     (m_s, sd_s), (m_b, sd_b) = _mean_std(searched), _mean_std(baseline)
     spread = max(sd_s, sd_b)
     diff = m_s - m_b
-    if diff > spread:
+    if beats(searched, baseline):
         return (f"The searched network beats {other} by {100 * diff:.2f} AP, more than the seed "
                 f"spread ({100 * spread:.2f} AP, the larger standard deviation over {min(len(searched), len(baseline))}"
                 " seeds).")
@@ -118,12 +148,13 @@ def _retrained(out: Path, seeds: int, inherit: bool) -> list[str]:
         "| seeds |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    aps = {}
+    aps, archs = {}, {}
     for name, label in NAMES.items():
         results = [r for r in (_read(retrain_dir(out, name, k) / RESULT_FILE) for k in range(seeds)) if r is not None]
         if not results:
             continue
         first = results[0]
+        archs[name] = first["arch"]
         test = {key: [r["test"][key] for r in results] for key in ("AP", "AP50", "AP75")}
         aps[name] = test["AP"]
         mean, std = _mean_std(test["AP"])
@@ -138,6 +169,8 @@ def _retrained(out: Path, seeds: int, inherit: bool) -> list[str]:
               f"recalibration; test AP is after {start} (seeds: its number of trainings with different seeds).", ""]
     if "searched" in aps and "baseline" in aps:
         lines += [f"**{seed_verdict(aps['searched'], aps['baseline'])}**", ""]
+        if not beats(aps["searched"], aps["baseline"]):
+            lines += [what_limits(out, aps, archs), ""]
     if "searched" in aps and "random" in aps:  # did the evolution find more than random sampling would?
         lines += [f"**{seed_verdict(aps['searched'], aps['random'], 'the random search best')}**", ""]
     return lines
