@@ -142,7 +142,7 @@ def stage_command(stage: str, config_required: bool = True):
             given["settings"] = given["settings"] or []
             if given["estimate_steps"] < 0:
                 raise typer.BadParameter("must be 0 or more", param_hint="--estimate-steps")
-            if "resume" in kw and not kw["resume"] and restarted_group():
+            if "resume" in kw and not kw["resume"] and not given["dry_run"] and restarted_group():
                 kw["resume"] = True
             return body(StageInput(stage, **given), **kw)
 
