@@ -79,7 +79,7 @@ def test_a_detector_under_bf16_is_close_to_float32_and_hands_on_float32(kind):
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
-def test_training_with_bf16_is_finite_and_close_to_float32(data, tmp_path, stage):
+def test_training_with_bf16_is_finite_and_close_to_float32(data, tmp_path, stage):  # noqa: F811 (the fixture imported from test_train)
     logs = {}
     for mode in ("off", "bf16"):
         cfg = pretrain_cfg(data, iters=3) if stage == "pretrain" else finetune_cfg(coco(data), train={"iters": 3})
@@ -96,7 +96,7 @@ def test_training_with_bf16_is_finite_and_close_to_float32(data, tmp_path, stage
 
 
 @pytest.mark.parametrize("mode", ["bf16", "fp16"])
-def test_a_resumed_mixed_precision_run_equals_an_uninterrupted_one(data, tmp_path, mode):
+def test_a_resumed_mixed_precision_run_equals_an_uninterrupted_one(data, tmp_path, mode):  # noqa: F811
     cfg = finetune_cfg(coco(data), amp=mode, logging={"checkpoint_every": 2})
     train("finetune", cfg, tmp_path / "straight")
     train("finetune", cfg, tmp_path / "parts", interrupt=3)  # killed a step after the checkpoint of step 2
@@ -107,7 +107,7 @@ def test_a_resumed_mixed_precision_run_equals_an_uninterrupted_one(data, tmp_pat
     assert (straight["scaler"]["scale"] > 0) if mode == "fp16" else straight["scaler"] == {}
 
 
-def test_resuming_in_another_precision_is_refused(data, tmp_path):
+def test_resuming_in_another_precision_is_refused(data, tmp_path):  # noqa: F811
     cfg = finetune_cfg(coco(data), logging={"checkpoint_every": 1})
     train("finetune", {**cfg, "amp": "bf16"}, tmp_path / "run", interrupt=1)
     with pytest.raises(UserError, match="trained with amp bf16.*amp off"):

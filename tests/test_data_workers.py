@@ -29,7 +29,7 @@ def test_auto_workers_share_the_cpus_among_the_processes_of_a_node(monkeypatch, 
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
-def test_training_with_two_workers_equals_training_without_also_across_a_resume(data, tmp_path, stage):
+def test_training_with_two_workers_equals_training_without_also_across_a_resume(data, tmp_path, stage):  # noqa: F811 (the fixture imported from test_train)
     # 3 steps per epoch: the runs cross an epoch boundary
     base = pretrain_cfg(data) if stage == "pretrain" else finetune_cfg(coco(data))
     base["logging"] = {**base["logging"], "checkpoint_every": 2}

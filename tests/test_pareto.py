@@ -18,7 +18,7 @@ from detnas.errors import UserError
 from detnas.search.pareto import crowding_distance, nondominated_fronts, nsga_select, pick
 from detnas.search.state import load_state
 from test_latency import synthetic
-from test_search import Counter, fitness, key_fields, never, search
+from test_search import Counter, key_fields, never, search
 
 PARETO = dict(strategy="pareto")  # with test_search's SMALL settings: body FLOPs <= 300M
 
