@@ -63,8 +63,9 @@ def test_a_choice_that_does_not_win_says_what_limits_it(tmp_path):
     (tmp_path / "search").mkdir()
     (tmp_path / "search" / "history.jsonl").write_text(
         "\n".join(json.dumps({"arch": a, "map": m}) for a, m in ((searched, 0.21), ("3" * 20, 0.18))))
-    (tmp_path / "random_search").mkdir()
-    (tmp_path / "random_search" / "history.jsonl").write_text(json.dumps({"arch": baseline, "map": 0.195}))
+    (tmp_path / "random_search").mkdir()  # the baseline scored beside the winner by the fitness check
+    (tmp_path / "random_search" / "fitness_check.json").write_text(json.dumps({"baseline": {"arch": baseline,
+                                                                                           "map": 0.195}}))
     aps, archs = {"searched": [0.20, 0.22], "baseline": [0.21, 0.21]}, {"searched": searched, "baseline": baseline}
     text = what_limits(tmp_path, aps, archs)
     assert text.startswith("What limits the choice: in the supernet the searched path led the baseline by 1.50 AP")

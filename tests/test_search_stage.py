@@ -498,6 +498,10 @@ def test_the_fitness_check_reevaluates_the_top_candidates_on_other_recalibration
     assert check["noise"] == max(abs(r["map"] - r["map_again"]) for r in check["reevaluated"])
     assert check["margin"] == top[0]["map"] - top[1]["map"]
     assert check["distinct_fraction"] == len({round(r["map"], 6) for r in hist}) / len(hist)
+    # the ShuffleNetV2 path scored beside the winner, with the search's own fitness
+    baseline = "0" * len(hist[0]["arch"])
+    alone = SupernetEvaluator(supernet.run, FitnessConfig(**FITNESS))(parse_arch(baseline))["map"]
+    assert check["baseline"] == {"arch": baseline, "map": alone}
     # written before best.json, which marks the search as finished
     written = {name: (searched["out"] / name).stat().st_mtime_ns for name in ("fitness_check.json", "best.json")}
     assert written["fitness_check.json"] <= written["best.json"]

@@ -43,7 +43,8 @@ def _pct(v: float | None) -> str:
 
 
 def _search_map(out: Path, arch: str) -> float | None:
-    """The architecture's fitness (search-split mAP on the supernet) if a search evaluated it."""
+    """The architecture's fitness (search-split mAP on the supernet) if a search evaluated it, or scored
+    it beside its winner (the baseline, in the fitness check)."""
     for folder in SEARCH_DIRS.values():
         path = out / folder / HISTORY_FILE
         if path.exists():
@@ -51,6 +52,10 @@ def _search_map(out: Path, arch: str) -> float | None:
                 record = json.loads(line)
                 if record["arch"] == arch:
                     return record["map"]
+    for folder in SEARCH_DIRS.values():
+        baseline = (_read(out / folder / FITNESS_CHECK_FILE) or {}).get("baseline") or {}
+        if baseline.get("arch") == arch:
+            return baseline["map"]
     return None
 
 

@@ -32,7 +32,7 @@ from detnas.errors import UserError
 from detnas.model.amp import AmpSetting, autocast, resolve_amp
 from detnas.model.detector import DetectorConfig, build_detector
 from detnas.model.evaluate import evaluate_detection_path, recalibration_batches
-from detnas.model.space import get_space, parse_arch
+from detnas.model.space import arch_to_str, get_space, parse_arch
 from detnas.model.supernet import ShuffleNetBackbone
 from detnas.search.engine import SearchResult, run_search
 from detnas.search.fitness_check import check_fitness, checked_count, write_check
@@ -190,6 +190,11 @@ def _search(cfg: SearchStageConfig, out_dir: Path, resume: bool) -> SearchResult
         check = check_fitness(history, lambda arch: again(parse_arch(arch, evaluator.space))["map"])
         if cfg.other_supernets:  # a by-product of the ensemble: do its supernets order the candidates alike?
             check["supernets"] = search_agreement(history)
+        # the ShuffleNetV2 path's fitness beside the winner's: how far the supernet puts the baseline behind
+        baseline = arch_to_str((0,) * evaluator.space.num_blocks)
+        known = next((r["map"] for r in history if r["arch"] == baseline), None)
+        check["baseline"] = {"arch": baseline, "map": known if known is not None else
+                             evaluator(parse_arch(baseline, evaluator.space))["map"]}
         write_check(out_dir, check)
         log_search(out_dir, history)
         for warning in check["warnings"]:
