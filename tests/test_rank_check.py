@@ -159,6 +159,13 @@ def test_several_supernets_their_agreement_and_their_mean_against_the_truth():
     assert agreement["ensemble_vs_standalone"]["kendall_tau"] == pytest.approx(kendall_tau(mean, truth))
     assert [r["supernet_maps"] for r in s["archs"]] == [[f[i] for f in supernets] for i in range(12)]
     assert s["fitness_vs_standalone"]["kendall_tau"] == pytest.approx(kendall_tau(supernets[0], truth))
+    assert s["checked"] == "first supernet"
+    # the pipeline with supernets: K checks what its search used, their mean
+    both = _summary(supernets[0].tolist(), truth.tolist(), truth.tolist(), names=names, others=others,
+                    mean_checked=True)
+    assert both["checked"] == "mean of 4 supernets"
+    assert both["fitness_vs_standalone"] == agreement["ensemble_vs_standalone"]
+    assert [r["supernet_map"] for r in both["archs"]] == pytest.approx(mean.tolist())
     # without retrainings: the agreement alone, and its verdict is the summary's
     alone = _summary(supernets[0].tolist(), names=names, others=others)
     assert "fitness_vs_standalone" not in alone and "ensemble_vs_standalone" not in alone["supernets"]

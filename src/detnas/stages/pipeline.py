@@ -197,7 +197,8 @@ def _run_stages(cfg: PipelineConfig, out: Path, stages: _Stages | _Plan) -> None
             known = {arch_to_str(resolve_arch(arch, space)[0]): [retrain_dir(out, name, k)
                                                                  for k in range(cfg.retrain.seeds)]
                      for name, arch in candidates.items()}
-            run_rank_check(rc_cfg, rc_dir, resume=True, known=known)
+            # with several supernets the search's fitness is their mean: that is what the check checks
+            run_rank_check(rc_cfg, rc_dir, resume=True, known=known, mean_checked=cfg.supernets > 1)
 
         stages.run(Stage(RANK_CHECK, rc_dir, rank_check))
 

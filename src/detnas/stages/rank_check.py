@@ -229,17 +229,19 @@ def plot_rank_check(summary: dict, path: Path) -> None:
 
 
 def run_rank_check(cfg: RankCheckStageConfig, out: Path, resume: bool,
-                   known: dict[str, list[Path]] | None = None) -> dict:
+                   known: dict[str, list[Path]] | None = None, mean_checked: bool = False) -> dict:
     """Run (or continue, with ``resume``) the rank check in ``out``; returns the summary. ``known``:
-    finished retrainings to reuse (see ``retrain_all``)."""
+    finished retrainings to reuse (see ``retrain_all``); ``mean_checked``: check the mean fitness of the
+    supernets (the fitness of a search over all of them) instead of the first one's."""
     out = Path(out)
     if not resume and broadcast_object(out.exists() and any(out.iterdir())):  # rank 0 looks, before anyone writes
         raise_exists(out)
     with guarded_run(out):  # the folder's lock; stop signals stop its retrainings at a checkpoint
-        return _rank_check(cfg, out, known)
+        return _rank_check(cfg, out, known, mean_checked)
 
 
-def _rank_check(cfg: RankCheckStageConfig, out: Path, known: dict[str, list[Path]] | None) -> dict:
+def _rank_check(cfg: RankCheckStageConfig, out: Path, known: dict[str, list[Path]] | None,
+                mean_checked: bool) -> dict:
     space = get_space(cfg.retrain.space, cfg.retrain.width_mult)
     included = included_archs(space, cfg)
     archs = plan_archs(space, cfg, included)
@@ -256,7 +258,8 @@ def _rank_check(cfg: RankCheckStageConfig, out: Path, known: dict[str, list[Path
     summary = None
     if is_main():
         summary = summarize(scores, standalone, cfg.rank_check.topk, cfg.rank_check.bootstrap, cfg.search.seed,
-                            naswot=naswot_scores(cfg, archs) if retrains else None, others=others)
+                            naswot=naswot_scores(cfg, archs) if retrains else None, others=others,
+                            mean_checked=mean_checked)
         summary["included"] = [arch_to_str(a) for a in included]
         if others:
             summary["supernets"]["folders"] = [str(s) for s in supernets]

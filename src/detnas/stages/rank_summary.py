@@ -67,18 +67,22 @@ def best_proxy(proxies: dict[str, dict]) -> dict | None:
 
 
 def summarize(scores: dict[str, dict], standalone: dict[str, list[dict]], topk: int, draws: int,
-              seed: int = 0, naswot: dict[str, float] | None = None, others: list[dict[str, dict]] = ()) -> dict:
+              seed: int = 0, naswot: dict[str, float] | None = None, others: list[dict[str, dict]] = (),
+              mean_checked: bool = False) -> dict:
     """The rank check's result: per architecture its fitness and standalone mAPs (fractions), the
     fitness's agreement with the seed-mean standalone mAP, the ceiling a perfect predictor is expected
     to reach, the zero-cost baselines, and the verdict. ``others``: more supernets' scores of the same
     architectures: their agreement with ``scores`` and with each other, each one's and their mean's tau
     with the standalone mAP. Without retrainings (every list in ``standalone`` empty), the supernets'
-    agreement alone."""
+    agreement alone. ``mean_checked``: the fitness checked is the supernets' mean (a search over all of
+    them, the pipeline's ``supernets``), not the first one's."""
     names = list(standalone)
-    fitness = [scores[n]["map"] for n in names]
-    rows = [{"arch": n, "supernet_map": scores[n]["map"], "supernet_ap50": scores[n]["ap50"]} for n in names]
-    out = {"archs": rows}
-    every = [fitness] + [[o[n]["map"] for n in names] for o in others]
+    every = [[s[n]["map"] for n in names] for s in (scores, *others)]
+    mean_checked = mean_checked and bool(others)
+    ap50s = [[s[n]["ap50"] for n in names] for s in (scores, *others)]
+    fitness, ap50 = (np.mean(v, axis=0).tolist() if mean_checked else v[0] for v in (every, ap50s))
+    rows = [{"arch": n, "supernet_map": fitness[i], "supernet_ap50": ap50[i]} for i, n in enumerate(names)]
+    out = {"archs": rows, "checked": f"mean of {len(every)} supernets" if mean_checked else "first supernet"}
     if others:
         for i, row in enumerate(rows):
             row["supernet_maps"] = [f[i] for f in every]

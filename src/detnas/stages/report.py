@@ -240,8 +240,11 @@ def _rank_check(out: Path) -> list[str]:
     lo, hi = agree["kendall_tau_ci95"]
     how = ", architectures and seeds resampled" if "ceiling" in summary else ""
     hits = f"{agree['topk_hit_rate'] * agree['topk']:.1f}".removesuffix(".0")  # ties: a fraction of a hit
-    # with several supernets the checked fitness is the first one's; their mean's tau is in the agreement below
-    whose = "the first supernet's fitness" if summary.get("supernets") else "the search's fitness"
+    # ``detnas rank-check`` with several --supernet checks the first one's fitness (their mean's tau is in the
+    # agreement below); the pipeline with ``supernets`` > 1 checks their mean, the search's fitness
+    checked = summary.get("checked", "first supernet")
+    whose = ("the search's fitness" + (f" (the {checked})" if checked.startswith("mean") else "")
+             if checked.startswith("mean") or not summary.get("supernets") else "the first supernet's fitness")
     text = (f"Over {len(summary['archs'])} architectures, {whose} ranks them against their "
             f"standalone test mAP (seed mean) with Kendall tau {agree['kendall_tau']:.2f} (95% bootstrap interval "
             f"{lo:.2f} to {hi:.2f}{how}), Spearman rho {agree['spearman_rho']:.2f}; {hits} of its top "
