@@ -243,8 +243,10 @@ def _rank_check(out: Path) -> list[str]:
     # ``detnas rank-check`` with several --supernet checks the first one's fitness (their mean's tau is in the
     # agreement below); the pipeline with ``supernets`` > 1 checks their mean, the search's fitness
     checked = summary.get("checked", "first supernet")
-    whose = ("the search's fitness" + (f" (the {checked})" if checked.startswith("mean") else "")
-             if checked.startswith("mean") or not summary.get("supernets") else "the first supernet's fitness")
+    if checked.startswith("mean"):
+        whose = f"the search's fitness (the {checked})"
+    else:
+        whose = "the first supernet's fitness" if summary.get("supernets") else "the search's fitness"
     text = (f"Over {len(summary['archs'])} architectures, {whose} ranks them against their "
             f"standalone test mAP (seed mean) with Kendall tau {agree['kendall_tau']:.2f} (95% bootstrap interval "
             f"{lo:.2f} to {hi:.2f}{how}), Spearman rho {agree['spearman_rho']:.2f}; {hits} of its top "
