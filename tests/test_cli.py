@@ -1,16 +1,14 @@
 import json
-import subprocess
-import sys
 
 import pytest
 
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "detnas", *args], capture_output=True, text=True, timeout=120)
+from cli_checks import run_detnas
+from cli_checks import run_here as run_cli  # in this process: a fresh interpreter per call cost 3-4 s each
 
 
 def test_flops_json_has_reference_numbers():
-    r = run_cli("flops", "--space", "small", "--arch", "21202112331300313132", "--json")
+    # a user's `python -m detnas` (a fresh interpreter); the other tests call the same CLI in this process
+    r = run_detnas("flops", "--space", "small", "--arch", "21202112331300313132", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["arch"] == "21202112331300313132" and out["space"] == "small"
