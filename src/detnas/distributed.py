@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -97,6 +98,9 @@ def init_distributed(timeout: timedelta | None = None) -> DistInfo:
                                 timeout=timeout, device_id=device if cuda else None)
         store.set(f"worker/{rank}", json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
         _Group.store = store
+        # left to the interpreter's teardown, the group's threads could be destroyed still running: a worker
+        # then died of "terminate called without an active exception" (SIGABRT) after its run had finished
+        atexit.register(cleanup_distributed)
     return DistInfo(get_rank(), get_world_size(), local_rank, device)
 
 
