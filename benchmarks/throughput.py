@@ -1,7 +1,9 @@
 """Throughput of the project's workloads against what the machine can do: images/s and achieved
 GFLOP/s next to the machine's own float32 (and bf16, where the CPU has it) GEMM peak, measured in the
 same run; with ``--layout nchw,channels_last`` the memory layouts side by side, and their ratio
-(model/layout.py; ``+tvroi``: with torchvision's RoIAlign instead of model/roi_align.py; ``@N``: N threads).
+(model/layout.py; ``+tvroi``: with torchvision's RoIAlign instead of model/roi_align.py; ``+torchconv``: with
+torch's ``nn.Conv2d`` and channel slicing instead of model/conv.py's ``LeanConv2d`` and the blocks' split;
+``@N``: N threads).
 
 Workloads (the demo's settings, from the packaged demo config through ``_common.demo_settings``; batches
 of the demo's own images; the real jobs' losses and ``train.train_step``):
@@ -11,7 +13,7 @@ of the demo's own images; the real jobs' losses and ``train.train_step``):
 - ``finetune128``: a supernet detection finetuning step, the demo's FPN Faster R-CNN at 128 px, batch 8
 - ``evaluate``: the search's fitness minus COCOeval: extract one path, recalibrate its BN on the demo's
   ``fitness.recalib_images`` (batches of ``fitness.batch_size``), detect on ``--eval-images`` of the
-  search split (``evaluate.recalibrated_path`` + ``predict_batches``), on the freshly initialised supernet
+  search split (``evaluate.recalibrated_path``'s steps + ``predict_batches``), on the freshly initialised supernet
 
 Each repetition draws the next of ``--paths`` training paths (``train.path_for_step`` after growth) and
 runs every variant on it, in alternating order (A B, B A, ...), after a warm-up; times are medians.
@@ -26,6 +28,7 @@ the 25-75% range of those paired ratios. Data loading is not timed (batches are 
     .venv/bin/python benchmarks/throughput.py [--layout nchw,channels_last] [--reps 1.0] [--threads N]
         [--workloads pretrain32,pretrain224,finetune128,evaluate]
     .venv/bin/python benchmarks/throughput.py --layout nchw+tvroi,nchw,channels_last   # before / layout / after
+    .venv/bin/python benchmarks/throughput.py --layout nchw+tvroi+torchconv,channels_last+torchconv,channels_last
     .venv/bin/python benchmarks/throughput.py --layout channels_last@1,channels_last@2 --workloads pretrain32
 """
 
@@ -53,9 +56,11 @@ from detnas.data.detection import collate
 from detnas.data.holdout import carve_holdout
 from detnas.data.sources import load_training_set
 from detnas.data.transforms import DetectionTransform
-from detnas.model.detector import set_path
+from detnas.model.blocks import ChoiceBlock
+from detnas.model.conv import LeanConv2d
+from detnas.model.detector import extract_detector, set_path
 from detnas.model.detector_flops import detector_macs
-from detnas.model.evaluate import predict_batches, recalibrated_path
+from detnas.model.evaluate import detector_backbone_forward, predict_batches, recalibrate_bn
 from detnas.model.flops import arch_cost
 from detnas.model.layout import LAYOUT_ENV, apply_layout, resolve_layout
 from detnas.stages.jobs import finetune_job, pretrain_job
@@ -81,18 +86,31 @@ def bf16_supported() -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+class TorchSplitBlock(ChoiceBlock):
+    """A choice block that splits its channels with torch's slicing (whose gradient is NCHW): the code before
+    ``blocks._ChannelSplit``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.proj is None:
+            return torch.cat((x[:, 0::2], self.branch(x[:, 1::2])), 1)
+        return torch.cat((self.proj(x), self.branch(x)), 1)
+
+
 class Variant:
     """What is compared: a layout (``nchw``, ``channels_last``, ``auto``), with ``+tvroi`` torchvision's own
-    ``MultiScaleRoIAlign`` in the detector instead of ours (``nchw+tvroi``: the code before both), with
-    ``@N`` N intra-op threads (else torch's default)."""
+    ``MultiScaleRoIAlign`` in the detector instead of ours, with ``+torchconv`` torch's ``nn.Conv2d`` and
+    channel slicing in the blocks (``nchw+tvroi+torchconv``: the code before all three), with ``@N`` N
+    intra-op threads (else torch's default)."""
 
     def __init__(self, text: str, again: bool = False):
         text, _, threads = text.partition("@")
-        layout, _, roi = text.partition("+")
-        if roi not in ("", "tvroi") or not (threads == "" or threads.isdigit()):
-            raise SystemExit(f"--layout {text}: expected LAYOUT[+tvroi][@THREADS]")
-        self.layout, self.tv_roi, self.threads = resolve_layout(layout), roi == "tvroi", int(threads or 0)
+        layout, *options = text.split("+")
+        if not set(options) <= {"tvroi", "torchconv"} or not (threads == "" or threads.isdigit()):
+            raise SystemExit(f"--layout {text}: expected LAYOUT[+tvroi][+torchconv][@THREADS]")
+        self.layout, self.threads = resolve_layout(layout), int(threads or 0)
+        self.tv_roi, self.torch_conv = "tvroi" in options, "torchconv" in options
         self.label = (self.layout + (", torchvision RoIAlign" if self.tv_roi else "")
+                      + (", torch's conv and slicing" if self.torch_conv else "")
                       + (f", {self.threads} thread(s)" if self.threads else "") + (" (again)" if again else ""))
 
     def timed(self, run):
@@ -111,7 +129,18 @@ class Variant:
 
     def model(self, model: torch.nn.Module) -> torch.nn.Module:
         """A copy of ``model`` in this variant."""
-        return self.pooler(apply_layout(copy.deepcopy(model), setting=self.layout))
+        return self.convert(apply_layout(copy.deepcopy(model), setting=self.layout))
+
+    def convert(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` (changed in place) with this variant's RoIAlign, convolutions and channel split."""
+        model = self.pooler(model)
+        if self.torch_conv:  # the same parameters and state; only the computation changes
+            for m in model.modules():
+                if isinstance(m, LeanConv2d):
+                    m.__class__ = torch.nn.Conv2d
+                elif isinstance(m, ChoiceBlock):
+                    m.__class__ = TorchSplitBlock
+        return model
 
     def pooler(self, detector: torch.nn.Module) -> torch.nn.Module:
         heads = getattr(detector, "roi_heads", None)
@@ -194,10 +223,11 @@ def evaluate_case(demo, archs_from, n_paths: int, eval_images: int, tmp: Path):
     def make(variant: Variant):
         model = variant.model(job.model)
 
-        def candidate(arch):
+        def candidate(arch):  # evaluate.recalibrated_path, with the variant applied before the recalibration
             with _layout(variant.layout):  # the extracted path's layout (model/layout.py)
-                sub = recalibrated_path(model, arch, n_classes, det, recalib)
-            predict_batches(variant.pooler(sub), evals)
+                sub = variant.convert(apply_layout(extract_detector(model, arch, n_classes, det)))
+            recalibrate_bn(sub, detector_backbone_forward(sub), recalib)
+            predict_batches(sub, evals)
         return candidate
     return make, {a: n_recalib * flops[a][0] + eval_images * flops[a][2] for a in archs}, n_recalib + eval_images
 

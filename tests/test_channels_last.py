@@ -60,7 +60,10 @@ def test_every_block_keeps_channels_last_forward_and_backward(stride):
         inner = []
         hooks = [m.register_forward_hook(lambda _m, _i, out, inner=inner: inner.append(out))
                  for m in block.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.BatchNorm2d))]
-        y = block(x)
+        arriving = []  # the gradient that reaches the block's input (a leaf's .grad takes the leaf's layout anyway)
+        x_in = x * 1
+        x_in.register_hook(arriving.append)
+        y = block(x_in)
         for h in hooks:
             h.remove()
         assert y.shape == (2, out_c, 8 // stride, 8 // stride)
@@ -69,6 +72,7 @@ def test_every_block_keeps_channels_last_forward_and_backward(stride):
         x.grad = None
         y.square().sum().backward()
         assert x.grad.is_contiguous(memory_format=CL), f"choice {choice}: input gradient {x.grad.stride()}"
+        assert arriving[0].is_contiguous(memory_format=CL), f"choice {choice}: gradient {arriving[0].stride()}"
         for name, p in block.named_parameters():
             if p.dim() == 4:  # conv weights stay channels-last, and so do their gradients (and SGD's momentum)
                 assert p.grad.is_contiguous(memory_format=CL), f"choice {choice}: {name}"

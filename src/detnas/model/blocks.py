@@ -1,19 +1,26 @@
 """The four choice blocks of the DetNAS search space, stride 1 and stride 2.
 
-Built from torchvision's ``Conv2dNormActivation`` (conv without bias + BN [+ ReLU]).
+Built from torchvision's ``ConvNormActivation`` (conv without bias + BN [+ ReLU]), with the conv computed
+by ``LeanConv2d`` (model/conv.py: less wasted work on the CPU's small feature maps).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.ops.misc import Conv2dNormActivation
+from torchvision.ops.misc import ConvNormActivation
 
+from detnas.model.conv import LeanConv2d
 from detnas.model.space import CHOICE_KERNELS
 
 
-class ConvBN(Conv2dNormActivation):
+class ConvBN(ConvNormActivation):
     """torchvision's conv (no bias) + BN [+ ReLU] with its layers named; state_dict keys stay ``0.*``, ``1.*``."""
+
+    def __init__(self, in_c: int, out_c: int, kernel: int, stride: int, groups: int = 1,
+                 activation_layer: type[nn.Module] | None = nn.ReLU):
+        super().__init__(in_c, out_c, kernel, stride, groups=groups, activation_layer=activation_layer,
+                         conv_layer=LeanConv2d)
 
     @property
     def conv(self) -> nn.Conv2d:
@@ -63,9 +70,32 @@ def xception_branch(in_c: int, mid: int, out_c: int, stride: int) -> XceptionBra
     )
 
 
+class _ChannelSplit(torch.autograd.Function):
+    """(even channels, odd channels) of ``x``, whose gradient has the memory layout of ``x``.
+
+    torch's own slicing builds its gradient NCHW whatever the layout, and everything before the split
+    then got NCHW gradients in a channels-last network: ReLU's backward of such a gradient ran 30x
+    slower, BatchNorm's and the convolutions' backward converted them (BENCHMARKS.md, throughput).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.shape, ctx.dtype, ctx.device = x.shape, x.dtype, x.device
+        ctx.memory_format = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+                             and not x.is_contiguous() else torch.contiguous_format)
+        return x[:, 0::2], x[:, 1::2]
+
+    @staticmethod
+    def backward(ctx, even: torch.Tensor | None, odd: torch.Tensor | None) -> torch.Tensor:
+        grad = torch.empty(ctx.shape, dtype=ctx.dtype, device=ctx.device, memory_format=ctx.memory_format)
+        grad[:, 0::2] = 0 if even is None else even
+        grad[:, 1::2] = 0 if odd is None else odd
+        return grad
+
+
 def channel_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Channel shuffle of the stride-1 block: (even channels, odd channels)."""
-    return x[:, 0::2], x[:, 1::2]
+    return _ChannelSplit.apply(x)
 
 
 class ChoiceBlock(nn.Module):
