@@ -70,12 +70,15 @@ def test_the_cut_keeps_only_taps_that_read_a_pixel():
 
 
 def test_shortcuts_are_taken_where_they_pay(monkeypatch):
-    """A 7x7 depthwise conv of a 1x1 map runs as a 1x1 one; a 1x1 conv of a channels-last map as a
-    matrix product (no convolution at all)."""
+    """A 7x7 depthwise conv of a 1x1 map runs as a 1x1 one; a 1x1 conv of a small channels-last map as a
+    matrix product in training (no convolution at all), of a large one as a convolution."""
     calls, real = [], F.conv2d
     monkeypatch.setattr(F, "conv2d", lambda x, w, *a: calls.append(tuple(w.shape)) or real(x, w, *a))
     dw, _ = _pair(8, 8, 7, 1, 8)
     dw(_input((2, 8, 1, 1), "channels_last"))
     pw, _ = _pair(8, 8, 1, 1, 1)
     pw(_input((2, 8, 3, 3), "channels_last"))
-    assert calls == [(8, 1, 1, 1)]
+    pw(_input((2, 8, 64, 64), "channels_last"))
+    with torch.no_grad():  # inference: the product gains nothing there
+        pw(_input((2, 8, 3, 3), "channels_last"))
+    assert calls == [(8, 1, 1, 1), (8, 8, 1, 1), (8, 8, 1, 1)]

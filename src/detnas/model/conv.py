@@ -2,10 +2,13 @@
 
 The same parameters, state_dict, FLOPs and results (to float rounding); only how the CPU computes it:
 
-- **A 1x1 convolution of a channels-last input is a matrix product** over (pixels, channels), and runs as
-  one (``F.linear``): oneDNN's 1x1 convolution backward is slow on small maps. A training step of the
-  demo's 32 px supernet spends much of its time there (1x1 maps after the last stride: a 640 -> 1024
-  conv took 8.9 ms forward + backward as a convolution, 3.5 ms as a product; BENCHMARKS.md).
+- **In training, a 1x1 convolution of a small channels-last input is a matrix product** over (pixels,
+  channels), and runs as one (``F.linear``): oneDNN's 1x1 convolution backward is slow on small maps. A
+  training step of the demo's 32 px supernet spends much of its time there (1x1 maps after the last
+  stride: a 640 -> 1024 conv took 8.9 ms forward + backward as a convolution, 3.5 ms as a product).
+  From 8192 pixels in the batch (e.g. 8 maps of 32x32) the convolution was as fast or faster, so it
+  keeps those (``PRODUCT_MAX_PIXELS``), and the forward alone (evaluation) gained nothing on 2 threads
+  (BENCHMARKS.md).
 - **The weight gradient of a large depthwise kernel (5x5, 7x7) is one depthwise convolution** of the
   input with the output's gradient as the kernels (a ``(image, channel)`` pair per group), summed over the
   images: oneDNN's own is 3-5x slower for these kernels (a 7x7 on 64 x 32 x 8 x 8 maps: 2.1 ms against
@@ -24,6 +27,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+PRODUCT_MAX_PIXELS = 4096  # batch x height x width up to which a 1x1 conv runs as a matrix product
 
 
 def used_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int]:
@@ -70,7 +76,8 @@ class LeanConv2d(nn.Conv2d):
                 or torch.jit.is_scripting()):
             return super()._conv_forward(x, weight, bias)
         if (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0) and self.groups == 1
-                and _channels_inner(x)):
+                and torch.is_grad_enabled() and weight.requires_grad
+                and x.shape[0] * x.shape[2] * x.shape[3] <= PRODUCT_MAX_PIXELS and _channels_inner(x)):
             return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         (top, bottom), (left, right) = used_taps(x.shape[2], kh, sh, ph), used_taps(x.shape[3], kw, sw, pw)
