@@ -24,10 +24,11 @@ Elsewhere (CUDA, NCHW inputs, autocast, tracing for export, dilation, non-zero p
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 
 PRODUCT_MAX_PIXELS = 4096  # batch x height x width up to which a 1x1 conv runs as a matrix product
 
@@ -69,26 +70,58 @@ class _DepthwiseConv(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
+class _Plan(NamedTuple):
+    """How ``LeanConv2d`` computes one input size: the kernel's taps kept (``None``: all) and the padding
+    that goes with them, and whether it is a 1x1 conv or a depthwise one with a large (cut) kernel."""
+
+    taps: tuple[slice, slice] | None
+    padding: tuple[int, int]
+    pointwise: bool
+    large_depthwise: bool
+
+
 class LeanConv2d(nn.Conv2d):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._plans: dict[tuple[int, int], _Plan | None] = {}  # by input height and width
+
+    def _plan(self, height: int, width: int) -> _Plan | None:
+        """What to do for inputs of this size (``None``: what torch does); worked out once per size."""
+        if self.padding_mode != "zeros" or isinstance(self.padding, str) or self.dilation != (1, 1):
+            return None
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        (top, bottom), (left, right) = used_taps(height, kh, sh, ph), used_taps(width, kw, sw, pw)
+        cut, padding = (bottom - top + 1, right - left + 1), (ph - top, pw - left)
+        # a symmetric padding keeps the output size only if the cut is (close to) centred
+        if cut == self.kernel_size or any((n + 2 * p - k) // s != (n + 2 * p0 - k0) // s for n, p, k, s, p0, k0 in (
+                (height, padding[0], cut[0], sh, ph, kh), (width, padding[1], cut[1], sw, pw, kw))):
+            cut, padding, taps = self.kernel_size, self.padding, None
+        else:
+            taps = (slice(top, bottom + 1), slice(left, right + 1))
+        pointwise = self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0) and self.groups == 1
+        large_depthwise = (self.groups == self.in_channels == self.out_channels and self.stride == (1, 1)
+                           and self.bias is None and cut[0] * cut[1] >= 25)
+        return _Plan(taps, padding, pointwise, large_depthwise)
+
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if (x.device.type != "cpu" or x.dim() != 4 or self.padding_mode != "zeros" or isinstance(self.padding, str)
-                or self.dilation != (1, 1) or torch.is_autocast_enabled("cpu") or torch.jit.is_tracing()
+        if (x.device.type != "cpu" or x.dim() != 4 or torch.is_autocast_enabled("cpu") or torch.jit.is_tracing()
                 or torch.jit.is_scripting()):
             return super()._conv_forward(x, weight, bias)
-        if (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0) and self.groups == 1
-                and torch.is_grad_enabled() and weight.requires_grad
-                and x.shape[0] * x.shape[2] * x.shape[3] <= PRODUCT_MAX_PIXELS and _channels_inner(x)):
-            return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        (top, bottom), (left, right) = used_taps(x.shape[2], kh, sh, ph), used_taps(x.shape[3], kw, sw, pw)
-        cut = (bottom - top + 1, right - left + 1)
-        padding = (ph - top, pw - left)
-        # a symmetric padding keeps the output size only if the cut is (close to) centred
-        if any((n + 2 * p - k) // s != (n + 2 * p0 - k0) // s for n, p, k, s, p0, k0 in (
-                (x.shape[2], padding[0], cut[0], sh, ph, kh), (x.shape[3], padding[1], cut[1], sw, pw, kw))):
-            cut, padding, top, left = self.kernel_size, self.padding, 0, 0
-        weight = weight[:, :, top:top + cut[0], left:left + cut[1]]
-        if (self.groups == self.in_channels == self.out_channels and self.stride == (1, 1) and bias is None
-                and cut[0] * cut[1] >= 25 and x.is_contiguous(memory_format=torch.channels_last)):
-            return _DepthwiseConv.apply(x, weight, padding)
-        return F.conv2d(x, weight, bias, self.stride, padding, 1, self.groups)
+        size = (x.shape[2], x.shape[3])
+        if size not in self._plans:
+            self._plans[size] = self._plan(*size)
+        plan = self._plans[size]
+        if plan is None:
+            return super()._conv_forward(x, weight, bias)
+        training = torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)
+        if plan.pointwise:
+            if training and x.shape[0] * size[0] * size[1] <= PRODUCT_MAX_PIXELS and _channels_inner(x):
+                return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
+            return super()._conv_forward(x, weight, bias)
+        if plan.taps is not None:
+            weight = weight[:, :, plan.taps[0], plan.taps[1]]
+        if plan.large_depthwise and training and x.is_contiguous(memory_format=torch.channels_last):
+            return _DepthwiseConv.apply(x, weight, plan.padding)
+        if plan.taps is None:
+            return super()._conv_forward(x, weight, bias)
+        return F.conv2d(x, weight, bias, self.stride, plan.padding, 1, self.groups)
