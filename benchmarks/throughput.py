@@ -30,6 +30,7 @@ the 25-75% range of those paired ratios. Data loading is not timed (batches are 
     .venv/bin/python benchmarks/throughput.py --layout nchw+tvroi,nchw,channels_last   # before / layout / after
     .venv/bin/python benchmarks/throughput.py --layout nchw+tvroi+torchconv,channels_last+torchconv,channels_last
     .venv/bin/python benchmarks/throughput.py --layout channels_last@1,channels_last@2 --workloads pretrain32
+    .venv/bin/python benchmarks/throughput.py --layout channels_last@1 --workloads finetune128 --profile 4
 """
 
 from __future__ import annotations
@@ -263,6 +264,16 @@ def interleaved(makers: dict, archs: list, reps: int, warmup: int) -> dict[str, 
     return times
 
 
+def profile_table(run, archs: list, reps: int, rows: int = 15) -> str:
+    """torch.profiler's table of the ops that took the most time over ``reps`` calls of ``run``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(reps):
+            run(archs[i % len(archs)])
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
 def quartiles(values: list[float]) -> tuple[float, float, float]:
     if len(values) < 2:
         return values[0], values[0], values[0]
@@ -282,6 +293,8 @@ def main() -> None:
     ap.add_argument("--eval-images", type=int, default=50, help="search-split images per evaluated candidate")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--gemm", type=int, default=2048, help="matrix size of the GEMM peak")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after the timing, print torch.profiler's top ops over N more calls of each variant")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -307,7 +320,12 @@ def main() -> None:
             make, flops, n_images = cases[name]()
             archs = list(flops)
             reps, warmup = max(2, round(REPS[name][0] * args.reps)), REPS[name][1]
-            times = interleaved({v.label: v.timed(make(v)) for v in variants}, archs, reps, warmup)
+            runs = {v.label: v.timed(make(v)) for v in variants}
+            times = interleaved(runs, archs, reps, warmup)
+            if args.profile:
+                for label, run in runs.items():
+                    print(f"{name}, {label}: the ops over {args.profile} calls\n"
+                          f"{profile_table(run, archs, args.profile)}", flush=True)
             mean_flops = statistics.mean(flops[archs[i % len(archs)]] for i in range(reps))
             for v in variants:
                 q1, med, q3 = quartiles(times[v.label])
