@@ -5,21 +5,20 @@ The same parameters, state_dict, FLOPs and results (to float rounding); only how
 - **In training, a 1x1 convolution of a small channels-last input is a matrix product** over (pixels,
   channels), and runs as one (``F.linear``): oneDNN's 1x1 convolution backward is slow on small maps. A
   training step of the demo's 32 px supernet spends much of its time there (1x1 maps after the last
-  stride: a 640 -> 1024 conv took 8.9 ms forward + backward as a convolution, 3.5 ms as a product).
-  From 8192 pixels in the batch (e.g. 8 maps of 32x32) the convolution was as fast or faster, so it
-  keeps those (``PRODUCT_MAX_PIXELS``), and the forward alone (evaluation) gained nothing on 2 threads
-  (BENCHMARKS.md).
-- **The weight gradient of a large depthwise kernel (5x5, 7x7) is one depthwise convolution** of the
-  input with the output's gradient as the kernels (a ``(image, channel)`` pair per group), summed over the
-  images: oneDNN's own is 3-5x slower for these kernels (a 7x7 on 64 x 32 x 8 x 8 maps: 2.1 ms against
-  0.5 ms; at the demo detector's 16x16 maps, batch 8: 3.8 ms against 1.0 ms). Its input gradient is oneDNN's.
+  stride: the 640 -> 1024 conv, forward + backward, 2.5x as fast as a product). From 8192 pixels in the
+  batch (e.g. 8 maps of 32x32) the convolution was as fast or faster, so it keeps those
+  (``PRODUCT_MAX_PIXELS``), and the forward alone (evaluation) gained nothing on 2 threads.
+- **The weight gradient of a large depthwise kernel (5x5, 7x7, stride 1) is one depthwise convolution**
+  of the input with the output's gradient as the kernels (an ``(image, channel)`` pair per group), summed
+  over the images; its input gradient is oneDNN's. Such a layer's forward + backward ran 1.1-1.6x as
+  fast, on the 32 px supernet's maps and on the demo detector's (3x3 and stride 2 were not faster).
 - **Kernel taps that only ever read the zero padding are cut off.** A 7x7 kernel on a 1x1 map is a
   per-channel scale; on a 2x2 map only its central 3x3 taps touch a pixel. The conv runs with the
   taps that do, and the padding that keeps the output size (the gradient of the cut taps is zero, as it
   is with the whole kernel).
 
 Elsewhere (CUDA, NCHW inputs, autocast, tracing for export, dilation, non-zero padding modes) it is
-``nn.Conv2d``.
+``nn.Conv2d``. Per-layer figures: ``benchmarks/conv_kernels.py`` (BENCHMARKS.md, "Throughput").
 """
 
 from __future__ import annotations
@@ -113,14 +112,14 @@ class LeanConv2d(nn.Conv2d):
         plan = self._plans[size]
         if plan is None:
             return super()._conv_forward(x, weight, bias)
-        training = torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)
+        wants_grad = torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)
         if plan.pointwise:
-            if training and x.shape[0] * size[0] * size[1] <= PRODUCT_MAX_PIXELS and _channels_inner(x):
+            if wants_grad and x.shape[0] * size[0] * size[1] <= PRODUCT_MAX_PIXELS and _channels_inner(x):
                 return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
             return super()._conv_forward(x, weight, bias)
         if plan.taps is not None:
             weight = weight[:, :, plan.taps[0], plan.taps[1]]
-        if plan.large_depthwise and training and x.is_contiguous(memory_format=torch.channels_last):
+        if plan.large_depthwise and wants_grad and x.is_contiguous(memory_format=torch.channels_last):
             return _DepthwiseConv.apply(x, weight, plan.padding)
         if plan.taps is None:
             return super()._conv_forward(x, weight, bias)
