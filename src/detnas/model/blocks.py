@@ -74,8 +74,8 @@ class _ChannelSplit(torch.autograd.Function):
     """(even channels, odd channels) of ``x``, whose gradient has the memory layout of ``x``.
 
     torch's own slicing builds its gradient NCHW whatever the layout, and everything before the split
-    then got NCHW gradients in a channels-last network: ReLU's backward of such a gradient ran 30x
-    slower, BatchNorm's and the convolutions' backward converted them (BENCHMARKS.md, throughput).
+    then got NCHW gradients in a channels-last network: ReLU's backward took 4x as long over a 32 px
+    training step, and the convolutions' backward converted them (BENCHMARKS.md, throughput).
     """
 
     @staticmethod
