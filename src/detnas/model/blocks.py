@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.ops.misc import ConvNormActivation
 
 from detnas.model.conv import LeanConv2d
+from detnas.model.layout import is_channels_last
 from detnas.model.space import CHOICE_KERNELS
 
 
@@ -81,8 +82,7 @@ class _ChannelSplit(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.shape, ctx.dtype, ctx.device = x.shape, x.dtype, x.device
-        ctx.memory_format = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
-                             and not x.is_contiguous() else torch.contiguous_format)
+        ctx.memory_format = torch.channels_last if is_channels_last(x) else torch.contiguous_format
         return x[:, 0::2], x[:, 1::2]
 
     @staticmethod

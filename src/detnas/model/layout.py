@@ -53,9 +53,10 @@ def _telling(weight: torch.Tensor) -> bool:
     return weight.dim() == 4 and weight.shape[1] > 1 and weight.shape[2] * weight.shape[3] > 1
 
 
-def is_channels_last(weight: torch.Tensor) -> bool:
-    """Whether a conv weight whose strides tell the layout (e.g. the stem's) is stored channels-last."""
-    return not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
+def is_channels_last(tensor: torch.Tensor) -> bool:
+    """Whether a tensor whose strides tell the layout (e.g. the stem's weight, a feature map) is stored
+    channels-last."""
+    return not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last)
 
 
 def layout_of(model: nn.Module) -> Layout:

@@ -191,10 +191,10 @@ def _search(cfg: SearchStageConfig, out_dir: Path, resume: bool) -> SearchResult
         if cfg.other_supernets:  # a by-product of the ensemble: do its supernets order the candidates alike?
             check["supernets"] = search_agreement(history)
         # the ShuffleNetV2 path's fitness beside the winner's: how far the supernet puts the baseline behind
-        baseline = arch_to_str((0,) * evaluator.space.num_blocks)
-        known = next((r["map"] for r in history if r["arch"] == baseline), None)
-        check["baseline"] = {"arch": baseline, "map": known if known is not None else
-                             evaluator(parse_arch(baseline, evaluator.space))["map"]}
+        baseline = (0,) * evaluator.space.num_blocks
+        known = next((r["map"] for r in history if r["arch"] == arch_to_str(baseline)), None)
+        check["baseline"] = {"arch": arch_to_str(baseline),
+                             "map": known if known is not None else evaluator(baseline)["map"]}
         write_check(out_dir, check)
         log_search(out_dir, history)
         for warning in check["warnings"]:
