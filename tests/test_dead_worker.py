@@ -119,7 +119,9 @@ def test_a_hung_worker_stops_the_other_within_the_timeout_and_the_run_resumes(ru
         _stop(proc)
     assert line.startswith("detnas: error: worker rank 0 of 2 stopped: another worker did not answer within "
                            "DETNAS_DIST_TIMEOUT=8 s ("), line
-    assert "(with --resume for a single stage)" in line and 8 <= waited < 30, (waited, line)
+    # rank 0 may already have been waiting for rank 1 in the collective when rank 1 was stopped: its
+    # timeout then ran out a little under 8 s after the stop (7.9998 s was seen)
+    assert "(with --resume for a single stage)" in line and 7 <= waited < 30, (waited, line)
     assert proc.returncode != 0
     resumed = run(out, "--resume")
     try:

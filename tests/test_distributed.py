@@ -68,6 +68,22 @@ def _worker(out_dir: Path) -> None:
     sync32 = D.convert_sync_batchnorm(nn.BatchNorm2d(C), info.device)
     seen["offset_y"] = sync32(_offset_batch()[part]).detach()
 
+    # the collectives of one SyncBN forward and backward: over gloo each costs about a millisecond
+    calls = {"all_gather": 0, "all_reduce": 0}
+    real = {name: getattr(D.dist, name) for name in calls}
+
+    def counted(name):
+        return lambda *args, **kw: calls.__setitem__(name, calls[name] + 1) or real[name](*args, **kw)
+
+    for name in calls:
+        setattr(D.dist, name, counted(name))
+    try:
+        sync32(_offset_batch()[part].requires_grad_()).sum().backward()
+    finally:
+        for name in calls:
+            setattr(D.dist, name, real[name])
+    seen["sync_bn_collectives"] = calls
+
     # allreduce_gradients: one all-reduce for all grads; a None grad stays None.
     a, b, c = (nn.Parameter(torch.zeros(n)) for n in (2, 3, 4))
     a.grad = torch.tensor([1.0, 2.0]) * (rank + 1)
@@ -142,6 +158,11 @@ def test_sync_bn_equals_batchnorm_on_concatenated_batch(job, key):
         for name, buf in ref.named_buffers():
             torch.testing.assert_close(seen[key]["running"][name], buf, rtol=0, atol=1e-12)
         torch.testing.assert_close(seen[key]["eval_y"], ref(xs[0][SLICES[rank]]).detach(), rtol=0, atol=1e-12)
+
+
+def test_sync_bn_makes_one_collective_each_way(job):
+    for seen in job:
+        assert seen["sync_bn_collectives"] == {"all_gather": 1, "all_reduce": 1}
 
 
 def test_sync_bn_is_stable_in_float32_when_mean_dwarfs_std(job):

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed._functional_collectives as funcol
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.distributed.constants import default_pg_nccl_timeout, default_pg_timeout
@@ -271,20 +270,62 @@ def allreduce_gradients(params: Iterable[nn.Parameter]) -> None:
         grad.copy_(synced)
 
 
-def _differentiable_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over workers; its backward sums the gradients over workers too. The functional collective
-    is what torch recommends in place of the deprecated torch.distributed.nn.functional.all_reduce."""
-    return funcol.wait_tensor(funcol.all_reduce(t, "sum", dist.group.WORLD))
+class _GlobalBatchNorm(torch.autograd.Function):
+    """Batch normalization over the workers' concatenated batches, in one collective each way.
+
+    Forward: every worker gathers the others' (count, mean, sum of squared deviations from that mean)
+    and combines them with Chan's parallel-variance formula, which keeps the two-pass accuracy (no
+    E[x^2] - E[x]^2 cancellation when |mean| >> std). Backward: one all-reduce of the per-channel sums
+    that the input gradient needs (torch's SyncBatchNorm does the same on CUDA). A collective costs
+    about 0.75 ms over gloo on a 2-core machine (BENCHMARKS.md), so their number sets a distributed
+    CPU step's time; the differentiable all-reduces this replaces took four per BN."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float):
+        dims = (0, 2, 3)
+        local_mean = x.mean(dims)
+        local_m2 = (x - local_mean[None, :, None, None]).square().sum(dims)
+        stats = torch.cat([x.new_tensor([x.numel() // x.size(1)]), local_mean, local_m2])
+        gathered = [torch.empty_like(stats) for _ in range(get_world_size())]
+        dist.all_gather(gathered, stats)
+        counts, means, m2s = torch.stack(gathered).split([1, x.size(1), x.size(1)], dim=1)
+        count = counts.sum()
+        mean = (counts * means).sum(0) / count
+        var = (m2s.sum(0) + (counts * (means - mean).square()).sum(0)) / count
+        invstd = torch.rsqrt(var + eps)
+        normalized = (x - mean[None, :, None, None]) * invstd[None, :, None, None]
+        y = normalized if weight is None else normalized * weight[None, :, None, None] + bias[None, :, None, None]
+        ctx.save_for_backward(normalized, invstd, weight)
+        ctx.count = count
+        ctx.mark_non_differentiable(mean, var, count)
+        return y, mean, var, count
+
+    @staticmethod
+    def backward(ctx, dy, _mean, _var, _count):
+        normalized, invstd, weight = ctx.saved_tensors
+        dims = (0, 2, 3)
+        sum_dy = dy.sum(dims)
+        sum_dy_normalized = (dy * normalized).sum(dims)
+        dx = None
+        if ctx.needs_input_grad[0]:  # the same on every worker: they all train the same path
+            sums = torch.cat([sum_dy, sum_dy_normalized])
+            dist.all_reduce(sums)
+            global_dy, global_dy_normalized = (sums / ctx.count).chunk(2)
+            scale = invstd if weight is None else invstd * weight
+            dx = (dy - global_dy[None, :, None, None] - normalized * global_dy_normalized[None, :, None, None]) \
+                * scale[None, :, None, None]
+        if weight is None:
+            return dx, None, None, None
+        return dx, sum_dy_normalized, sum_dy, None
 
 
 class SyncBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training-mode statistics cover the whole global batch, on any device.
 
-    ``nn.SyncBatchNorm`` refuses CPU tensors; this one works with gloo. Statistics are computed in two
-    passes (global mean first, then the global sum of squared deviations from it), which costs a
-    second small all-reduce but avoids the cancellation of E[x^2] - E[x]^2 when |mean| >> std. The
-    all-reduces are differentiable, so each worker's input gradient accounts for the other workers'
-    outputs. Single process, or eval mode: exactly ``nn.BatchNorm2d``.
+    ``nn.SyncBatchNorm`` refuses CPU tensors; this one works with gloo (``_GlobalBatchNorm``). Each
+    worker's input gradient accounts for the other workers' outputs; the affine parameters' gradients
+    stay local, for ``allreduce_gradients`` to average. Single process, or eval mode: exactly
+    ``nn.BatchNorm2d``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -294,21 +335,12 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         # At least float32 even if autocast hands us half precision; float64 stays float64.
         dtype = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
-            xf = x.to(dtype)
-            local_count = xf.new_tensor([xf.numel() // xf.size(1)])
-            summed = _differentiable_sum(torch.cat([xf.sum(dim=(0, 2, 3)), local_count]))
-            count = summed[-1]
-            n = int(count.item())
-            if n < 2:  # every worker sees the same global count, so all raise together
-                raise ValueError(f"Expected more than 1 value per channel when training, got {n}")
-            mean = summed[:-1] / count
-            centered = xf - mean[None, :, None, None]
-            var = _differentiable_sum(centered.square().sum(dim=(0, 2, 3))) / count
-            y = centered * torch.rsqrt(var + self.eps)[None, :, None, None]
-            if self.affine:
-                y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+            y, mean, var, count = _GlobalBatchNorm.apply(x.to(dtype), self.weight, self.bias, self.eps)
+        n = int(count.item())
+        if n < 2:  # every worker sees the same global count, so all raise together
+            raise ValueError(f"Expected more than 1 value per channel when training, got {n}")
         if self.track_running_stats:
-            self._update_running_stats(mean.detach(), var.detach(), n)
+            self._update_running_stats(mean, var, n)
         return y.to(x.dtype)
 
     @torch.no_grad()
