@@ -1,12 +1,12 @@
 """The FPN Faster R-CNN's multi-level RoIAlign on the CPU as one gather.
 
 torchvision's CPU RoIAlign is scalar code: with its backward it took about a sixth of a demo finetuning
-step, which runs 1.12x as fast with this one (``benchmarks/throughput.py``, BENCHMARKS.md). Each output
-bin is the mean of ``sampling_ratio``² bilinear samples, i.e. a weighted sum of 4 x ``sampling_ratio``²
-feature vectors; ``F.embedding_bag`` sums them from the pyramid's levels seen as one (pixels, channels)
-table (for channels-last maps each level's part of it is a free view). Its backward is the same kind of
-gather run the other way (``_WeightedGather``). The sample points, their clamping at the borders and the bilinear weights are
-torchvision's (``aligned=False``, as ``MultiScaleRoIAlign`` uses it), so the two agree to float rounding
+step, which runs 1.37x as fast with this one (1 thread; ``benchmarks/throughput.py``, BENCHMARKS.md). Each
+output bin is the mean of ``sampling_ratio``² bilinear samples, i.e. a weighted sum of 4 x
+``sampling_ratio``² feature vectors; ``F.embedding_bag`` sums them from the pyramid's levels seen as one
+(pixels, channels) table (for channels-last maps each level's part of it is a free view). Its backward
+is the same kind of gather run the other way (``_WeightedGather``). The sample points, their clamping at
+the borders and the bilinear weights are torchvision's (``aligned=False``, as ``MultiScaleRoIAlign`` uses it), so the two agree to float rounding
 (``tests/test_channels_last.py``). Inference takes as long either way.
 
 It reuses two private helpers of ``torchvision.ops.poolers`` (how a pooler finds its feature maps and
@@ -56,29 +56,25 @@ def sample_table(rois: Tensor, scale: Tensor, height: Tensor, width: Tensor, bas
     shape = (r, 1, 1)
     in_y, y_lo, y_hi, wy_lo, wy_hi = _axis(ys, height.view(shape))  # each (R, oh, sr)
     in_x, x_lo, x_hi, wx_lo, wx_hi = _axis(xs, width.view(shape))  # each (R, ow, sr)
-
-    def y(t: Tensor) -> Tensor:
-        return t[:, :, None, :, None]  # (R, oh, 1, sr, 1)
-
-    def x(t: Tensor) -> Tensor:
-        return t[:, None, :, None, :]  # (R, 1, ow, 1, sr)
-
-    row = base.view(r, 1, 1, 1, 1)
-    w = width.view(r, 1, 1, 1, 1)
-    index = torch.stack([row + y(y_lo) * w + x(x_lo), row + y(y_lo) * w + x(x_hi),
-                         row + y(y_hi) * w + x(x_lo), row + y(y_hi) * w + x(x_hi)], -1)
-    inside = (y(in_y) & x(in_x)).to(rois.dtype) / (sr * sr)
-    weight = torch.stack([y(wy_lo) * x(wx_lo), y(wy_lo) * x(wx_hi),
-                          y(wy_hi) * x(wx_lo), y(wy_hi) * x(wx_hi)], -1) * inside[..., None]
+    # Per axis, a bin row's (or column's) 2 sr (sample, corner) reads, with the border test and 1/sr of
+    # the mean in their weights; a bin reads their products. Two broadcasts of (R, oh, 1, 2sr, 1) against
+    # (R, 1, ow, 1, 2sr) give the (bin, 4 sr²) tables at once: broadcasting the four corners one by one
+    # over 2-element inner dimensions took 11 ms a finetuning step on its own (1 thread).
+    k = 2 * sr
+    rows = base.view(r, 1, 1, 1) + torch.stack([y_lo, y_hi], -1) * width.view(r, 1, 1, 1)
+    cols = torch.stack([x_lo, x_hi], -1)
+    wy = torch.stack([wy_lo, wy_hi], -1) * (in_y.to(rois.dtype) / sr)[..., None]
+    wx = torch.stack([wx_lo, wx_hi], -1) * (in_x.to(rois.dtype) / sr)[..., None]
+    index = rows.view(r, oh, 1, k, 1) + cols.view(r, 1, ow, 1, k)
+    weight = wy.view(r, oh, 1, k, 1) * wx.view(r, 1, ow, 1, k)
     return index.reshape(r * oh * ow, -1), weight.reshape(r * oh * ow, -1)
 
 
 class _WeightedGather(torch.autograd.Function):
     """``out[b] = sum_j weight[b, j] * table[index[b, j]]`` (``F.embedding_bag``), differentiable in
     ``table``. Its backward gathers too: each table row sums the output gradients of the bins that read
-    it, found by sorting ``index``. torch's own embedding_bag backward was a sixteenth of the demo's
-    finetuning step; with this one the step runs 1.27x as fast as with torchvision's RoIAlign, against
-    1.18x before (BENCHMARKS.md)."""
+    it, found by sorting ``index``. torch's own embedding_bag backward took 3x as long: a sixteenth of
+    the demo's finetuning step (BENCHMARKS.md)."""
 
     @staticmethod
     def forward(ctx, table: Tensor, index: Tensor, weight: Tensor) -> Tensor:
@@ -90,7 +86,8 @@ class _WeightedGather(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         index, weight = ctx.saved_tensors
         flat = index.reshape(-1)
-        order = flat.argsort(stable=True)  # stable: the same sums in the same order, run after run
+        # stable: the same sums in the same order, run after run; 32-bit keys sort in 0.7x the time
+        order = (flat.int() if ctx.rows < 2**31 else flat).argsort(stable=True)
         reads = torch.bincount(flat, minlength=ctx.rows)
         bins = torch.div(order, index.shape[1], rounding_mode="floor")
         grad_table = F.embedding_bag(bins, grad.contiguous(), reads.cumsum(0) - reads,
