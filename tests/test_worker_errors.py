@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,9 @@ def test_evaluate_with_data_workers_gives_the_workers_one_line(how, detector, tm
                  "--batch-size", "1", check=False)
     line = one_line_error(r, str(images / "img3.png"))
     assert EXPECTED[how] in line and "DataLoader" not in line and "Caught" not in line
+    # the workers stopped when the command returned, not at some later garbage collection, where
+    # torch's DataLoader waits 5 s per worker to stop them
+    assert not multiprocessing.active_children()
 
 
 def test_training_with_data_workers_gives_the_workers_one_line(tmp_path, cli_here):

@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, standalone_mode=False)
     except (UserError, ArchError) as e:
         print(f"detnas: error: {e}", file=sys.stderr)
+        # Free the failed call's frames now. A DataLoader iterator among them (a worker's bad image) then
+        # stops its workers at once; left to the cycle collector, its shutdown waits 5 s per worker.
+        e.__traceback__ = None
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
