@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -20,6 +21,8 @@ from detnas.data.sources import load_detection
 from detnas.data.transforms import DetectionTransform
 from detnas.model.space import get_space
 from detnas.stages.demo import demo_config
+from detnas.stages.jobs import pretrain_job
+from detnas.stages.train import path_for_step
 from detnas.strict import validate
 
 # the reference COCO evaluator (pycocotools) that the tests hold our numbers to, kept with the tests
@@ -32,6 +35,29 @@ SOURCE = "src/detnas/config/packaged/demo.yaml"
 def demo_settings(paths: DemoPaths | None = None) -> PipelineConfig:
     """The demo's pipeline config on ``paths`` (default: the demo's own data, built or cached)."""
     return validate(PipelineConfig, demo_config(paths=paths), "demo config")
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(25%, median, 75%) of ``values``."""
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def training_paths(space, seed: int, first_step: int, sampling, n: int) -> list:
+    """The paths the supernet trains at steps ``first_step`` .. ``first_step + n - 1``."""
+    return [path_for_step(space, seed, first_step + k, sampling) for k in range(n)]
+
+
+def demo_pretrain_batch(demo: PipelineConfig, image_size: int, batch_size: int):
+    """(config, job, batch): the demo's pretraining at ``image_size`` px and its first ``batch_size``
+    training images as one (images, labels) batch."""
+    cfg = demo.pretrain_config()
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_size": image_size})})
+    job = pretrain_job(cfg)
+    items = [job.dataset[i] for i in range(batch_size)]
+    return cfg, job, (torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]))
 
 
 def max_flops(demo: PipelineConfig) -> float:

@@ -22,6 +22,7 @@ import time
 import torch
 from torch import nn
 
+from _common import quartiles
 from detnas.model.conv import LeanConv2d
 
 # (batch, in channels, map side, out channels, kernel, stride, depthwise): where the demo runs them
@@ -66,9 +67,8 @@ def compare(shape, reps: int, train: bool) -> tuple[float, float, tuple[float, f
     for i in range(reps):
         for name in ("torch", "lean") if i % 2 == 0 else ("lean", "torch"):
             times[name].append(_time(runs[name]))
-    ratios = sorted(a / b for a, b in zip(times["torch"], times["lean"]))
-    q1, q2, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
-    return statistics.median(times["torch"]), statistics.median(times["lean"]), (q1, q2, q3)
+    ratios = [a / b for a, b in zip(times["torch"], times["lean"])]
+    return statistics.median(times["torch"]), statistics.median(times["lean"]), quartiles(ratios)
 
 
 def main() -> None:

@@ -25,18 +25,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from _common import demo_settings
+from _common import demo_pretrain_batch, demo_settings, quartiles, training_paths
 from detnas.distributed import cleanup_distributed, convert_sync_batchnorm, init_distributed
 from detnas.model.layout import apply_layout
-from detnas.stages.jobs import pretrain_job
-from detnas.stages.train import param_groups, path_for_step, train_step
+from detnas.stages.train import param_groups, train_step
 
 WORLD = 2
-
-
-def quartiles(times: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(times, n=4)
-    return statistics.median(times), q[0], q[2]
 
 
 def collective_latency(reps: int) -> dict[str, list[float]]:
@@ -68,19 +62,14 @@ def collectives(run) -> int:
 def step_times(args) -> tuple[list[float], int]:
     """Seconds per training step of this process (distributed if a group is up), and the collectives
     of one step."""
-    demo = demo_settings()
-    cfg = demo.pretrain_config()
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_size": args.image_size})})
-    job = pretrain_job(cfg)
+    cfg, job, batch = demo_pretrain_batch(demo_settings(), args.image_size, args.batch)
     model = convert_sync_batchnorm(apply_layout(job.model), "cpu")
-    items = [job.dataset[i] for i in range(args.batch)]
-    batch = torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
     params = [p for p in model.parameters() if p.requires_grad]
     # lr 0: the weights stay at their initialisation, so no repetition can diverge (2 images per worker
     # give BN 4 values per channel on the last stage's 1x1 maps, and gradients of 1e8-1e12); a step
     # costs the same whatever the values
     optimizer = torch.optim.SGD(param_groups(model, 1e-4), lr=0.0, momentum=0.9)
-    archs = [path_for_step(model.space, cfg.seed, cfg.grow_iters + i, cfg.sampling) for i in range(args.paths)]
+    archs = training_paths(model.space, cfg.seed, cfg.grow_iters, cfg.sampling, args.paths)
     device = torch.device("cpu")
     for arch in archs:  # warm-up: every path once
         train_step(model, job, batch, arch, device, params, optimizer, None)
@@ -128,10 +117,10 @@ def main() -> None:
           f"at {args.image_size} px, {args.batch} images per worker and step\n")
     print("| measured | median | 25-75% |\n|---|---:|---|")
     for name, times in results["latency"].items():
-        med, lo, hi = (1e6 * v for v in quartiles(times))
+        lo, med, hi = (1e6 * v for v in quartiles(times))
         print(f"| one {name} of 129 floats (us) | {med:.0f} | {lo:.0f}-{hi:.0f} |")
     for name, times in (("step, 2 workers", results["times"]), ("step, one process", alone)):
-        med, lo, hi = (1e3 * v for v in quartiles(times))
+        lo, med, hi = (1e3 * v for v in quartiles(times))
         print(f"| {name} (ms) | {med:.1f} | {lo:.1f}-{hi:.1f} |")
     print(f"\ncollectives per step: {results['count']}; 2 workers / one process: "
           f"{statistics.median(results['times']) / statistics.median(alone):.1f}x")

@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 from torchvision.ops import MultiScaleRoIAlign
 
-from _common import SOURCE, demo_finetune, demo_settings
+from _common import SOURCE, demo_finetune, demo_pretrain_batch, demo_settings, quartiles, training_paths
 from detnas.data.detection import collate
 from detnas.data.holdout import carve_holdout
 from detnas.data.sources import load_training_set
@@ -64,8 +64,8 @@ from detnas.model.detector_flops import detector_macs
 from detnas.model.evaluate import detector_backbone_forward, predict_batches, recalibrate_bn
 from detnas.model.flops import arch_cost
 from detnas.model.layout import LAYOUT_ENV, apply_layout, resolve_layout
-from detnas.stages.jobs import finetune_job, pretrain_job
-from detnas.stages.train import param_groups, path_for_step, train_step
+from detnas.stages.jobs import finetune_job
+from detnas.stages.train import param_groups, train_step
 
 # repetitions at --reps 1 (and warm-up rounds): 3 variants in about 4-5 minutes on 2 busy cores
 REPS = {"pretrain32": (30, 3), "pretrain224": (6, 1), "finetune128": (20, 2), "evaluate": (8, 1)}
@@ -168,11 +168,7 @@ def training_case(job, batch, archs, flops_per_image, n_images):
 
 
 def pretrain_case(demo, archs_from, image_size: int, batch_size: int, n_paths: int):
-    cfg = demo.pretrain_config()
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_size": image_size})})
-    job = pretrain_job(cfg)
-    items = [job.dataset[i] for i in range(batch_size)]
-    batch = torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+    cfg, job, batch = demo_pretrain_batch(demo, image_size, batch_size)
     space, classes = job.model.space, len(job.meta["classes"])
     archs = archs_from(space, cfg.seed, cfg.grow_iters, cfg.sampling, n_paths)
     return training_case(job, batch, archs, lambda a: 2 * arch_cost(space, a, image_size, classes).full_flops,
@@ -246,10 +242,6 @@ def _layout(layout: str):
             os.environ[LAYOUT_ENV] = saved
 
 
-def training_paths(space, seed, first_step, sampling, n):
-    return [path_for_step(space, seed, first_step + k, sampling) for k in range(n)]
-
-
 def interleaved(makers: dict, archs: list, reps: int, warmup: int) -> dict[str, list[float]]:
     names = list(makers)
     for i in range(warmup):
@@ -272,13 +264,6 @@ def profile_table(run, archs: list, reps: int, rows: int = 15) -> str:
         for i in range(reps):
             run(archs[i % len(archs)])
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
-
-
-def quartiles(values: list[float]) -> tuple[float, float, float]:
-    if len(values) < 2:
-        return values[0], values[0], values[0]
-    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, q2, q3
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ single-process nn.BatchNorm2d on the concatenated batch."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -42,6 +43,27 @@ def _offset_batch() -> torch.Tensor:
     return torch.randn(5, C, 8, 8, generator=torch.Generator().manual_seed(1)) + 1000.0
 
 
+@contextlib.contextmanager
+def _counted(*names: str):
+    """{name: calls} of ``torch.distributed.<name>`` made inside (through ``detnas.distributed``)."""
+    calls = dict.fromkeys(names, 0)
+    real = {name: getattr(D.dist, name) for name in names}
+
+    def counting(name):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return real[name](*args, **kwargs)
+        return call
+
+    for name in names:
+        setattr(D.dist, name, counting(name))
+    try:
+        yield calls
+    finally:
+        for name in names:
+            setattr(D.dist, name, real[name])
+
+
 def _worker(out_dir: Path) -> None:
     info = D.init_distributed(timeout=timedelta(seconds=30))
     assert D.init_distributed(timeout=timedelta(seconds=30)) == info  # idempotent
@@ -68,34 +90,18 @@ def _worker(out_dir: Path) -> None:
     sync32 = D.convert_sync_batchnorm(nn.BatchNorm2d(C), info.device)
     seen["offset_y"] = sync32(_offset_batch()[part]).detach()
 
-    # the collectives of one SyncBN forward and backward: over gloo each costs about a millisecond
-    calls = {"all_gather": 0, "all_reduce": 0}
-    real = {name: getattr(D.dist, name) for name in calls}
-
-    def counted(name):
-        return lambda *args, **kw: calls.__setitem__(name, calls[name] + 1) or real[name](*args, **kw)
-
-    for name in calls:
-        setattr(D.dist, name, counted(name))
-    try:
+    # the collectives of one SyncBN forward and backward: over gloo each costs a few hundred microseconds
+    with _counted("all_gather", "all_reduce") as calls:
         sync32(_offset_batch()[part].requires_grad_()).sum().backward()
-    finally:
-        for name in calls:
-            setattr(D.dist, name, real[name])
     seen["sync_bn_collectives"] = calls
 
     # allreduce_gradients: one all-reduce for all grads; a None grad stays None.
     a, b, c = (nn.Parameter(torch.zeros(n)) for n in (2, 3, 4))
     a.grad = torch.tensor([1.0, 2.0]) * (rank + 1)
     c.grad = torch.full((4,), 10.0 * rank)
-    calls = []
-    real_all_reduce = D.dist.all_reduce
-    D.dist.all_reduce = lambda *args, **kw: calls.append(1) or real_all_reduce(*args, **kw)
-    try:
+    with _counted("all_reduce") as calls:
         D.allreduce_gradients([a, b, c])
-    finally:
-        D.dist.all_reduce = real_all_reduce
-    seen["allreduce"] = {"a": a.grad, "b": b.grad, "c": c.grad, "calls": len(calls)}
+    seen["allreduce"] = {"a": a.grad, "b": b.grad, "c": c.grad, "calls": calls["all_reduce"]}
 
     seen["gathered"] = D.all_gather_object({"rank": rank})
     seen["broadcast"] = D.broadcast_object(f"from rank {rank}", src=1)

@@ -276,9 +276,10 @@ class _GlobalBatchNorm(torch.autograd.Function):
     Forward: every worker gathers the others' (count, mean, sum of squared deviations from that mean)
     and combines them with Chan's parallel-variance formula, which keeps the two-pass accuracy (no
     E[x^2] - E[x]^2 cancellation when |mean| >> std). Backward: one all-reduce of the per-channel sums
-    that the input gradient needs (torch's SyncBatchNorm does the same on CUDA). A collective costs
-    about 0.75 ms over gloo on a 2-core machine (BENCHMARKS.md), so their number sets a distributed
-    CPU step's time; the differentiable all-reduces this replaces took four per BN."""
+    that the input gradient needs (torch's SyncBatchNorm does the same on CUDA). A collective costs a few
+    hundred microseconds over gloo on a 2-core machine, so their number sets a distributed CPU step's
+    time; the differentiable all-reduces this replaces took four per BN (BENCHMARKS.md, "SyncBN in one
+    collective each way")."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps: float):

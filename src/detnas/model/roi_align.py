@@ -6,8 +6,9 @@ output bin is the mean of ``sampling_ratio``² bilinear samples, i.e. a weighted
 ``sampling_ratio``² feature vectors; ``F.embedding_bag`` sums them from the pyramid's levels seen as one
 (pixels, channels) table (for channels-last maps each level's part of it is a free view). Its backward
 is the same kind of gather run the other way (``_WeightedGather``). The sample points, their clamping at
-the borders and the bilinear weights are torchvision's (``aligned=False``, as ``MultiScaleRoIAlign`` uses it), so the two agree to float rounding
-(``tests/test_channels_last.py``). Inference takes as long either way.
+the borders and the bilinear weights are torchvision's (``aligned=False``, as ``MultiScaleRoIAlign`` uses
+it), so the two agree to float rounding (``tests/test_channels_last.py``). Inference takes as long either
+way.
 
 It reuses two private helpers of ``torchvision.ops.poolers`` (how a pooler finds its feature maps and
 its levels' scales). A torchvision without them runs its own RoIAlign, slower on the CPU but the same
@@ -58,8 +59,8 @@ def sample_table(rois: Tensor, scale: Tensor, height: Tensor, width: Tensor, bas
     in_x, x_lo, x_hi, wx_lo, wx_hi = _axis(xs, width.view(shape))  # each (R, ow, sr)
     # Per axis, a bin row's (or column's) 2 sr (sample, corner) reads, with the border test and 1/sr of
     # the mean in their weights; a bin reads their products. Two broadcasts of (R, oh, 1, 2sr, 1) against
-    # (R, 1, ow, 1, 2sr) give the (bin, 4 sr²) tables at once: broadcasting the four corners one by one
-    # over 2-element inner dimensions took 11 ms a finetuning step on its own (1 thread).
+    # (R, 1, ow, 1, 2sr) give the (bin, 4 sr²) tables at once; broadcasting the four corners one by one
+    # over 2-element inner dimensions took about twenty slow element-wise ops (BENCHMARKS.md).
     k = 2 * sr
     rows = base.view(r, 1, 1, 1) + torch.stack([y_lo, y_hi], -1) * width.view(r, 1, 1, 1)
     cols = torch.stack([x_lo, x_hi], -1)
@@ -73,8 +74,8 @@ def sample_table(rois: Tensor, scale: Tensor, height: Tensor, width: Tensor, bas
 class _WeightedGather(torch.autograd.Function):
     """``out[b] = sum_j weight[b, j] * table[index[b, j]]`` (``F.embedding_bag``), differentiable in
     ``table``. Its backward gathers too: each table row sums the output gradients of the bins that read
-    it, found by sorting ``index``. torch's own embedding_bag backward took 3x as long: a sixteenth of
-    the demo's finetuning step (BENCHMARKS.md)."""
+    it, found by sorting ``index``. torch's own embedding_bag backward was a sixteenth of the demo's
+    finetuning step (BENCHMARKS.md, "The RoI gather's backward as a gather")."""
 
     @staticmethod
     def forward(ctx, table: Tensor, index: Tensor, weight: Tensor) -> Tensor:
