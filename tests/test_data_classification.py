@@ -1,8 +1,12 @@
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision.transforms import v2
 
 from data_builders import make_image_folder, write_image
 from detnas.data import ImageFolderDataset, classification_transform
+from detnas.data.classification import MEAN, STD
 from detnas.errors import UserError
 
 
@@ -57,3 +61,20 @@ def test_corrupt_image_found_at_construction_truncated_one_when_loaded(tmp_path)
     (root / "a" / "1.png").write_bytes(data[: len(data) // 2])  # header intact, pixels cut off
     ds = ImageFolderDataset(root)
     _error(lambda: ds[1], "cannot decode image", root / "a" / "1.png")
+
+
+@pytest.mark.parametrize("train, flip", [(True, False), (True, True), (False, False)])
+def test_the_transform_gives_torchvision_v2_pipelines_numbers(train, flip):
+    """``ClassificationTransform`` skips v2's per-transform dispatch for the tensor conversion: the same
+    tensors, bit for bit and stride for stride, as the v2 Compose it replaces, under the same seeds."""
+    rng = np.random.default_rng(0)
+    ours = classification_transform(16, train, flip)
+    reference = v2.Compose([*ours.geometry.transforms, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                            v2.Normalize(MEAN, STD)])
+    for seed, (w, h) in enumerate([(40, 36), (16, 16), (11, 30), (64, 20)]):
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        torch.manual_seed(seed)
+        expected = reference(image)
+        torch.manual_seed(seed)
+        got = ours(image)
+        assert got.shape == (3, 16, 16) and torch.equal(got, expected) and got.stride() == expected.stride()
