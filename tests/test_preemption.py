@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_checks import DETNAS, ENV, TORCHRUN
+from cli_checks import DETNAS, ENV
 from cli_checks import run_detnas as cli
 from data_builders import coco_source, finetune_cfg, make_coco, make_image_folder
 from detnas.config.runs import CHECKPOINT, LOCK_FILE, METRICS_FILE, PARTIAL_FILE, SEARCH_STATE_FILE
@@ -163,34 +163,4 @@ def test_sigterm_to_the_cli_exits_75_and_resume_ends_as_an_uninterrupted_run(dat
                                                               f"step {step} of 16"), err
     assert not (out / METRICS_FILE).exists() and not (out / LOCK_FILE).exists()
     cli("pretrain", "--config", cfg_file, "--out", out, "--resume")
-    assert_same_run(tmp_path / "whole", out)
-
-
-@pytest.mark.slow  # three torchrun jobs of 2 workers
-def test_sigterm_to_torchrun_stops_both_workers_at_the_same_step(data, tmp_path):
-    cfg = config("pretrain", data, iters=24)
-    cfg["train"]["batch_size"] = 2  # per worker: 4 images a step, as one process with 4
-    cfg["logging"]["checkpoint_every"] = 100
-    cfg_file = write_yaml(tmp_path / "cfg.yaml", cfg)
-    args = ["-m", "detnas", "pretrain", "--config", str(cfg_file)]
-    whole = subprocess.run([*TORCHRUN, *args, "--out", str(tmp_path / "whole")], env=ENV, capture_output=True,
-                           text=True, timeout=300)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    out = tmp_path / "stopped"
-    proc = subprocess.Popen([*TORCHRUN, *args, "--out", str(out)], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(lambda: (out / "log.jsonl").exists() and (out / "log.jsonl").read_text().count("\n") >= 2, proc)
-        proc.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to its workers
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    step = read_ckpt(out)["step"]
-    assert 2 <= step < 24 and len(read_ckpt(out)["rng_per_worker"]) == 2
-    # rank 0 says it once; the workers exited 75, not killed by torchrun after its grace period
-    assert err.count("detnas: stopped by SIGTERM: pretrain: checkpoint of ") == 1, err[-3000:]
-    assert "exitcode  : 75" in err or "exit code 75" in err, err[-3000:]
-    resumed = subprocess.run([*TORCHRUN, *args, "--out", str(out), "--resume"], env=ENV, capture_output=True,
-                             text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(tmp_path / "whole", out)

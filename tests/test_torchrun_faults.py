@@ -1,7 +1,9 @@
-"""A torchrun worker that dies (kill -9, as an out-of-memory kill or a lost node would) or hangs: the others
-stop within a bounded time (``DETNAS_DIST_TIMEOUT``) with one line naming their rank, and the run continues
-from its last checkpoint; under ``torchrun --max-restarts`` the restarted group resumes by itself and ends
-with the same weights as a run never interrupted."""
+"""What a torchrun group of 2 workers meets, each checked against one run never interrupted:
+- a scheduler's SIGTERM to torchrun: both workers stop at the same step with one checkpoint, exit 75, and
+  the resumed run ends with the same weights;
+- a worker that dies (kill -9, as an out-of-memory kill or a lost node would) or hangs: the others stop
+  within a bounded time (``DETNAS_DIST_TIMEOUT``) with one line naming their rank, and the run continues
+  from its last checkpoint; under ``torchrun --max-restarts`` the restarted group resumes by itself."""
 
 from __future__ import annotations
 
@@ -77,6 +79,32 @@ def _interrupt(proc: subprocess.Popen, out: Path, rank: int, signum: int) -> int
     pid = _workers(proc.pid)[rank]
     os.kill(pid, signum)
     return pid
+
+
+@pytest.mark.slow  # two torchrun jobs of 2 workers
+def test_sigterm_to_torchrun_stops_both_workers_at_the_same_step(run, tmp_path):
+    out = tmp_path / "stopped"
+    proc = run(out)
+    try:
+        _wait_for(lambda: (out / "log.jsonl").exists() and (out / "log.jsonl").read_text().count("\n") >= 2, proc)
+        proc.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to its workers
+        _, err = proc.communicate(timeout=120)
+    finally:
+        _stop(proc)
+    step = read_ckpt(out)["step"]
+    assert 2 <= step < ITERS and len(read_ckpt(out)["rng_per_worker"]) == 2
+    # rank 0 says it once, naming the step it saved; the workers exited 75, not killed by torchrun after
+    # its grace period
+    assert err.count("detnas: stopped by SIGTERM: pretrain: checkpoint of ") == 1, err[-3000:]
+    assert f"detnas: stopped by SIGTERM: pretrain: checkpoint of step {step} of {ITERS}" in err, err[-3000:]
+    assert "exitcode  : 75" in err or "exit code 75" in err, err[-3000:]
+    resumed = run(out, "--resume")
+    try:
+        _, err = resumed.communicate(timeout=300)
+    finally:
+        _stop(resumed)
+    assert resumed.returncode == 0, err[-3000:]
+    assert_same_run(run.whole, out)
 
 
 @pytest.mark.slow  # two torchrun jobs of 2 workers, one of them restarted
