@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from cli_checks import DETNAS, ENV
-from cli_checks import run_detnas as cli
 from data_builders import coco_source, finetune_cfg, make_coco, make_image_folder
 from detnas.config.runs import CHECKPOINT, LOCK_FILE, METRICS_FILE, PARTIAL_FILE, SEARCH_STATE_FILE
 from detnas.config.schema import SearchConfig
@@ -143,11 +142,11 @@ def _wait_for(condition, proc: subprocess.Popen, timeout: float = 240) -> None:
     assert proc.poll() is None, f"the run ended before the signal: {proc.stderr.read()[-2000:]}"
 
 
-def test_sigterm_to_the_cli_exits_75_and_resume_ends_as_an_uninterrupted_run(data, tmp_path):
+def test_sigterm_to_the_cli_exits_75_and_resume_ends_as_an_uninterrupted_run(data, tmp_path, cli_here):
     cfg = config("pretrain", data, iters=16)
     cfg["logging"]["checkpoint_every"] = 100
     cfg_file = write_yaml(tmp_path / "cfg.yaml", cfg)
-    cli("pretrain", "--config", cfg_file, "--out", tmp_path / "whole")
+    cli_here("pretrain", "--config", cfg_file, "--out", tmp_path / "whole")  # no process of its own
     out = tmp_path / "stopped"
     proc = subprocess.Popen([*DETNAS, "pretrain", "--config", str(cfg_file), "--out", str(out)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -162,5 +161,5 @@ def test_sigterm_to_the_cli_exits_75_and_resume_ends_as_an_uninterrupted_run(dat
     assert 2 <= step < 16 and err.splitlines()[-1].startswith("detnas: stopped by SIGTERM: pretrain: checkpoint of "
                                                               f"step {step} of 16"), err
     assert not (out / METRICS_FILE).exists() and not (out / LOCK_FILE).exists()
-    cli("pretrain", "--config", cfg_file, "--out", out, "--resume")
+    cli_here("pretrain", "--config", cfg_file, "--out", out, "--resume")
     assert_same_run(tmp_path / "whole", out)

@@ -25,7 +25,6 @@ import yaml
 
 import detnas.data.detection as detection_module
 from cli_checks import ENV, TORCHRUN, one_line_error
-from cli_checks import run_detnas as cli
 from cli_checks import run_here as run_cli
 from data_builders import coco_source, finetune_cfg, merged
 from detnas.config.runs import SPLIT_FILE
@@ -326,13 +325,13 @@ def _complete_lines(lines: list[str]) -> list[dict]:
     return out
 
 
-def test_resume_after_kill_9_mid_generation_equals_an_uninterrupted_search(supernet, searched, tmp_path):
+def test_resume_after_kill_9_mid_generation_equals_an_uninterrupted_search(supernet, searched, tmp_path, cli_here):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "detnas", "search", "--config", searched["config"], "--out", out]
     cached = _kill_mid_generation(cmd, out, generation=1)
     assert 1 <= len(cached) < SEARCH["population"]
     assert json.loads((out / "search_state.json").read_text())["generation"] == 1
-    cli("search", "--config", searched["config"], "--out", out, "--resume")
+    cli_here("search", "--config", searched["config"], "--out", out, "--resume")
     hist = history(out)
     assert key_fields(hist) == key_fields(searched["history"])
     assert json.loads((out / "best.json").read_text()) == json.loads((searched["out"] / "best.json").read_text())

@@ -374,7 +374,7 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(stage, data, pretrained
                                         tmp_path / "killed")
     assert 2 <= killed_at < cfg["train"]["iters"]
     assert not (tmp_path / "killed" / "metrics.json").exists()
-    cli(stage, "--config", config, "--out", tmp_path / "killed", "--resume")
+    cli_here(stage, "--config", config, "--out", tmp_path / "killed", "--resume")
     assert_same_run(tmp_path / "whole", tmp_path / "killed")
     assert tensorboard_steps(tmp_path / "killed", f"{stage}/loss") == list(range(1, cfg["train"]["iters"] + 1))
 
@@ -390,7 +390,7 @@ def test_kill_9_while_saving_a_checkpoint_keeps_the_previous_one(data, tmp_path,
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     assert read_ckpt(tmp_path / "killed")["step"] == 2
     assert len(list((tmp_path / "killed").glob(".checkpoint.pt.*.tmp"))) == 1  # the half-done save
-    cli("pretrain", "--config", config, "--out", tmp_path / "killed", "--resume")
+    cli_here("pretrain", "--config", config, "--out", tmp_path / "killed", "--resume")
     assert_same_run(tmp_path / "whole", tmp_path / "killed")
     assert not list((tmp_path / "killed").glob(".checkpoint.pt.*.tmp"))  # cleaned up by the next save
 
