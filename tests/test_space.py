@@ -66,3 +66,6 @@ def test_presets_are_valid_for_their_space():
     for p in PRESETS.values():
         assert len(parse_arch(p.arch, p.search_space())) == p.search_space().num_blocks
     assert PRESETS["shufflenetv2-20"].arch == "0" * 20 and PRESETS["shufflenetv2-40"].arch == "0" * 40
+    # the baseline the pipeline retrains and the search scores beside its winner is that preset
+    for name, space in (("shufflenetv2-20", SMALL), ("shufflenetv2-40", LARGE)):
+        assert arch_to_str(space.baseline) == PRESETS[name].arch and space.widen(1.5).baseline == space.baseline

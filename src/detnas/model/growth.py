@@ -93,7 +93,7 @@ def choice0_branches(supernet: ShuffleNetBackbone, images: torch.Tensor) -> list
     buffers = [(b, b.clone()) for b in supernet.buffers()]  # a forward in training mode updates BN statistics
     try:
         supernet.train()
-        supernet(images, (0,) * len(supernet.blocks))
+        supernet(images, supernet.space.baseline)
     finally:
         for h in hooks:
             h.remove()

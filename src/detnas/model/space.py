@@ -51,6 +51,11 @@ class SearchSpace:
         """Number of architectures in the space."""
         return NUM_CHOICES**self.num_blocks
 
+    @property
+    def baseline(self) -> tuple[int, ...]:
+        """The hand-crafted ShuffleNetV2 path: choice 0 (3x3) at every position."""
+        return (0,) * self.num_blocks
+
     def blocks(self) -> list[BlockSpec]:
         specs, in_c = [], self.stem_channels
         for stage, (n, out_c) in enumerate(zip(self.stage_blocks, self.stage_channels)):

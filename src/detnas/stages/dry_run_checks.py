@@ -100,7 +100,7 @@ def detector_cost(space: SearchSpace, detector: DetectorConfig, n_classes: int, 
     """The detector's FLOPs at its largest input, around ``arch`` (default: the ShuffleNetV2 baseline)."""
     size = (detector.min_size, detector.max_size)
     name = "the ShuffleNetV2 baseline" if arch is None else arch_to_str(arch)
-    arch = arch or (0,) * space.num_blocks
+    arch = arch or space.baseline
     macs = detector_macs(_meta_detector(space, arch, detector, n_classes), size)
     parts = ", ".join(f"{k} {fmt_millions(v)}" for k, v in macs.items() if k != "total")
     return [f"detector FLOPs of {name} at {size[0]}x{size[1]} (the largest input): "

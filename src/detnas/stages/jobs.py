@@ -56,8 +56,7 @@ def eval_archs(space: SearchSpace, cfg: EvalConfig, seed: int, sampling) -> list
     baseline), all-3 (all Xception) and one sampled path."""
     if cfg.archs:
         return [parse_arch(a, space) for a in cfg.archs]
-    n = space.num_blocks
-    return [(0,) * n, (3,) * n, path_for_step(space, seed + 1, 0, sampling)]
+    return [space.baseline, (3,) * space.num_blocks, path_for_step(space, seed + 1, 0, sampling)]
 
 
 @contextmanager
@@ -126,8 +125,7 @@ def arch_schedule(space: SearchSpace, cfg, arch: Arch | None, grow_iters: int = 
     steps, see model/growth.py), always ``arch`` for a standalone network."""
     if arch is not None:
         return lambda step: arch
-    baseline = (0,) * space.num_blocks
-    return lambda step: baseline if step < grow_iters else path_for_step(space, cfg.seed, step, cfg.sampling)
+    return lambda step: space.baseline if step < grow_iters else path_for_step(space, cfg.seed, step, cfg.sampling)
 
 
 def load_init(model: ShuffleNetBackbone, path: Path) -> None:

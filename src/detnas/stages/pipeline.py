@@ -174,7 +174,7 @@ def _run_stages(cfg: PipelineConfig, out: Path, stages: _Stages | _Plan) -> None
     if cfg.random_search:
         candidates["random"] = str(out / SEARCH_DIRS["random"] / BEST_FILE)
     if cfg.baseline:
-        candidates["baseline"] = "0" * space.num_blocks
+        candidates["baseline"] = arch_to_str(space.baseline)
     retrainings = {}
     for repeat in range(cfg.retrain.seeds):
         seed_cfg = rt_cfg.model_copy(update={"seed": cfg.seed + repeat})
@@ -190,7 +190,7 @@ def _run_stages(cfg: PipelineConfig, out: Path, stages: _Stages | _Plan) -> None
     if cfg.rank_check is not None:  # the searches' best and the baseline first, then draws
         rc_dir = out / RANK_CHECK_DIR
         include = [str(out / d / BEST_FILE) for d in SEARCH_DIRS.values() if (out / d).is_dir()]
-        rc_cfg = cfg.rank_check_config(ft_dir, include + (["0" * space.num_blocks] if cfg.baseline else []), other_ft)
+        rc_cfg = cfg.rank_check_config(ft_dir, include + ([arch_to_str(space.baseline)] if cfg.baseline else []), other_ft)
 
         def rank_check() -> None:
             # the retrainings above used the same recipe and seeds: reused, not repeated

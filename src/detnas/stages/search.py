@@ -191,7 +191,7 @@ def _search(cfg: SearchStageConfig, out_dir: Path, resume: bool) -> SearchResult
         if cfg.other_supernets:  # a by-product of the ensemble: do its supernets order the candidates alike?
             check["supernets"] = search_agreement(history)
         # the ShuffleNetV2 path's fitness beside the winner's: how far the supernet puts the baseline behind
-        baseline = (0,) * evaluator.space.num_blocks
+        baseline = evaluator.space.baseline
         known = next((r["map"] for r in history if r["arch"] == arch_to_str(baseline)), None)
         check["baseline"] = {"arch": arch_to_str(baseline),
                              "map": known if known is not None else evaluator(baseline)["map"]}

@@ -150,7 +150,7 @@ def measure_table(space: SearchSpace, size: tuple[int, int], batch: int = 1, dev
     x = torch.rand(batch, 3, *size, device=dev)
     detector = backbone = None
     if detector_cfg is not None:
-        body = ShuffleNetBackbone(space, (0,) * space.num_blocks)
+        body = ShuffleNetBackbone(space, space.baseline)
         detector = build_detector(body, num_classes, detector_at(detector_cfg, size)).eval().to(dev)
         backbone = detector.backbone
         detector.backbone = _Features(backbone.out_channels)
