@@ -1,7 +1,8 @@
 """``LeanConv2d`` (model/conv.py) against torch's ``nn.Conv2d``, layer by layer, on the shapes of the demo's
 workloads: forward + backward (training) and forward alone (no_grad), channels-last, float32. The
 per-layer evidence for its rules (a 1x1 conv as a matrix product up to 4096 pixels a batch in training,
-kernel taps cut to the map, a 5x5/7x7 stride-1 depthwise weight gradient as one convolution).
+kernel taps cut to the map, a depthwise kernel on a 1x1 map as a per-channel scale, the depthwise weight
+gradient as one convolution for 5x5/7x7 kernels at stride 1 or 2 and for 3x3 on 2x2 maps).
 
 Each shape runs both modules (the same weights) alternately; times are medians over repetitions, the
 ratio the median of the paired ratios (torch's time / LeanConv2d's) with its 25-75% range.
@@ -32,11 +33,12 @@ SHAPES = {
         (64, 32, 8, 32, 1, 1, False), (64, 320, 1, 320, 7, 1, True), (64, 160, 2, 160, 7, 1, True),
         (64, 160, 2, 160, 3, 1, True), (64, 80, 4, 80, 7, 1, True), (64, 32, 8, 32, 7, 1, True),
         (64, 32, 8, 32, 5, 1, True), (64, 32, 8, 32, 3, 1, True), (64, 160, 4, 160, 7, 2, True),
+        (64, 64, 8, 64, 5, 2, True), (64, 32, 16, 32, 7, 2, True), (64, 160, 4, 160, 3, 2, True),
     ],
     "128 px detection, batch 8": [
         (8, 32, 32, 32, 1, 1, False), (8, 80, 16, 80, 1, 1, False), (8, 320, 4, 320, 1, 1, False),
         (8, 32, 32, 32, 7, 1, True), (8, 80, 16, 80, 5, 1, True), (8, 160, 8, 160, 7, 1, True),
-        (8, 160, 8, 160, 3, 1, True),
+        (8, 160, 8, 160, 3, 1, True), (8, 32, 64, 32, 7, 2, True), (8, 320, 8, 320, 7, 2, True),
     ],
 }
 

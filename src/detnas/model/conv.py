@@ -8,10 +8,15 @@ The same parameters, state_dict, FLOPs and results (to float rounding); only how
   stride: the 640 -> 1024 conv, forward + backward, 2.5x as fast as a product). From 8192 pixels in the
   batch (e.g. 8 maps of 32x32) the convolution was as fast or faster, so it keeps those
   (``PRODUCT_MAX_PIXELS``), and the forward alone (evaluation) gained nothing on 2 threads.
-- **The weight gradient of a large depthwise kernel (5x5, 7x7, stride 1) is one depthwise convolution**
-  of the input with the output's gradient as the kernels (an ``(image, channel)`` pair per group), summed
-  over the images; its input gradient is oneDNN's. Such a layer's forward + backward ran 1.1-1.6x as
-  fast, on the 32 px supernet's maps and on the demo detector's (3x3 and stride 2 were not faster).
+- **The weight gradient of a depthwise kernel is one depthwise convolution** of the input with the
+  output's gradient as the kernels (an ``(image, channel)`` pair per group), dilated by the stride and
+  summed over the images; its input gradient is oneDNN's. oneDNN's own weight gradient is slow for
+  large kernels and for tiny maps: a 6x6 (cut) stride-2 kernel on the supernet's 4x4 maps took 1.7 ms
+  forward + backward, 0.53 ms this way. It is used for kernels of 25 taps or more (5x5 and up, stride 1
+  or 2: 1.1-3.9x as fast on the 32 px supernet's maps and the demo detector's) and for 3x3, stride 1 on
+  maps of at most 2x2 (1.2-2.2x); 3x3 on larger maps and at stride 2 was slower (0.3-0.6x).
+- **A depthwise kernel cut to its centre tap (any kernel on a 1x1 map) is a per-channel scale**, computed
+  as one: the same products, and forward + backward 5x as fast as the convolution.
 - **Kernel taps that only ever read the zero padding are cut off.** A 7x7 kernel on a 1x1 map is a
   per-channel scale; on a 2x2 map only its central 3x3 taps touch a pixel. The conv runs with the
   taps that do, and the padding that keeps the output size (the gradient of the cut taps is zero, as it
@@ -45,13 +50,14 @@ def _channels_inner(x: torch.Tensor) -> bool:
 
 
 class _DepthwiseConv(torch.autograd.Function):
-    """A stride-1 depthwise convolution (no bias) whose weight gradient is itself a depthwise convolution."""
+    """A depthwise convolution (no bias) whose weight gradient is itself a depthwise convolution."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
+                padding: tuple[int, int]) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.padding = padding
-        return F.conv2d(x, weight, None, 1, padding, 1, weight.shape[0])
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(x, weight, None, stride, padding, 1, weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -59,24 +65,29 @@ class _DepthwiseConv(torch.autograd.Function):
         n, c = x.shape[:2]
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], c, [True, False, False])[0]
+            grad_x = torch.ops.aten.convolution_backward(grad, x, weight, None, list(ctx.stride), list(ctx.padding),
+                                                         [1, 1], False, [0, 0], c, [True, False, False])[0]
         if ctx.needs_input_grad[1]:
+            # tap (i, j) meets output (y, x) at input (stride * y + i, stride * x + j): the gradient, dilated by
+            # the stride, slid over the padded input; its first kh x kw positions are the taps
+            kh, kw = weight.shape[2:]
             images = x.transpose(0, 1).reshape(1, c * n, *x.shape[2:])
             kernels = grad.transpose(0, 1).reshape(c * n, 1, *grad.shape[2:])
-            grad_w = F.conv2d(images, kernels, None, 1, ctx.padding, 1, c * n)
-            grad_w = grad_w.view(c, n, *weight.shape[2:]).sum(1, keepdim=True)
-        return grad_x, grad_w, None
+            grad_w = F.conv2d(images, kernels, None, 1, ctx.padding, ctx.stride, c * n)[..., :kh, :kw]
+            grad_w = grad_w.reshape(c, n, kh, kw).sum(1, keepdim=True)
+        return grad_x, grad_w, None, None
 
 
 class _Plan(NamedTuple):
     """How ``LeanConv2d`` computes one input size: the kernel's taps kept (``None``: all) and the padding
-    that goes with them, and whether it is a 1x1 conv or a depthwise one with a large (cut) kernel."""
+    that goes with them; whether it is a 1x1 conv, a depthwise one whose weight gradient is better computed
+    by ``_DepthwiseConv``, or a depthwise one that is a per-channel scale."""
 
     taps: tuple[slice, slice] | None
     padding: tuple[int, int]
     pointwise: bool
-    large_depthwise: bool
+    depthwise_grad: bool
+    scale: bool
 
 
 class LeanConv2d(nn.Conv2d):
@@ -98,9 +109,12 @@ class LeanConv2d(nn.Conv2d):
         else:
             taps = (slice(top, bottom + 1), slice(left, right + 1))
         pointwise = self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0) and self.groups == 1
-        large_depthwise = (self.groups == self.in_channels == self.out_channels and self.stride == (1, 1)
-                           and self.bias is None and cut[0] * cut[1] >= 25)
-        return _Plan(taps, padding, pointwise, large_depthwise)
+        depthwise = self.groups == self.in_channels == self.out_channels and self.bias is None
+        scale = depthwise and (height, width) == (1, 1) and cut == (1, 1) and padding == (0, 0)
+        depthwise_grad = depthwise and not scale and (
+            (cut[0] * cut[1] >= 25 and self.stride in ((1, 1), (2, 2)))
+            or (cut == (3, 3) and self.stride == (1, 1) and height * width <= 4))
+        return _Plan(taps, padding, pointwise, depthwise_grad, scale)
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if (x.device.type != "cpu" or x.dim() != 4 or torch.is_autocast_enabled("cpu") or torch.jit.is_tracing()
@@ -119,8 +133,10 @@ class LeanConv2d(nn.Conv2d):
             return super()._conv_forward(x, weight, bias)
         if plan.taps is not None:
             weight = weight[:, :, plan.taps[0], plan.taps[1]]
-        if plan.large_depthwise and wants_grad and x.is_contiguous(memory_format=torch.channels_last):
-            return _DepthwiseConv.apply(x, weight, plan.padding)
+        if plan.scale:  # one product per output, as the convolution computes it
+            return x * weight.view(1, -1, 1, 1)
+        if plan.depthwise_grad and wants_grad and x.is_contiguous(memory_format=torch.channels_last):
+            return _DepthwiseConv.apply(x, weight, self.stride, plan.padding)
         if plan.taps is None:
             return super()._conv_forward(x, weight, bias)
         return F.conv2d(x, weight, bias, self.stride, plan.padding, 1, self.groups)
