@@ -1,8 +1,8 @@
 """``LeanConv2d`` (model/conv.py) against torch's ``nn.Conv2d``, layer by layer, on the shapes of the demo's
 workloads: forward + backward (training) and forward alone (no_grad), channels-last, float32. The
 per-layer evidence for its rules (a 1x1 conv as a matrix product up to 4096 pixels a batch in training,
-kernel taps cut to the map, a depthwise kernel on a 1x1 map as a per-channel scale, the depthwise weight
-gradient as one convolution for 5x5/7x7 kernels at stride 1 or 2 and for 3x3 on 2x2 maps).
+kernel taps cut to the map, the depthwise weight gradient as one convolution for 5x5/7x7 kernels at
+stride 1 or 2).
 
 Each shape runs both modules (the same weights) alternately; times are medians over repetitions, the
 ratio the median of the paired ratios (torch's time / LeanConv2d's) with its 25-75% range.

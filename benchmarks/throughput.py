@@ -30,7 +30,7 @@ the 25-75% range of those paired ratios. Data loading is not timed (batches are 
     .venv/bin/python benchmarks/throughput.py --layout nchw+tvroi,nchw,channels_last   # before / layout / after
     .venv/bin/python benchmarks/throughput.py --layout nchw+tvroi+torchconv,channels_last+torchconv,channels_last
     .venv/bin/python benchmarks/throughput.py --layout channels_last@1,channels_last@2 --workloads pretrain32
-    .venv/bin/python benchmarks/throughput.py --layout channels_last@1 --workloads finetune128 --profile 4
+    .venv/bin/python benchmarks/throughput.py --layout channels_last@1 --workloads finetune128 --profile 4 [--shapes]
 """
 
 from __future__ import annotations
@@ -256,14 +256,19 @@ def interleaved(makers: dict, archs: list, reps: int, warmup: int) -> dict[str, 
     return times
 
 
-def profile_table(run, archs: list, reps: int, rows: int = 15) -> str:
-    """torch.profiler's table of the ops that took the most time over ``reps`` calls of ``run``."""
+def profile_table(run, archs: list, reps: int, shapes: bool = False, rows: int = 15) -> str:
+    """torch.profiler's table of the ops that took the most time over ``reps`` calls of ``run``; with
+    ``shapes``, one row per op and input shapes (which layer it is)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=shapes) as prof:
         for i in range(reps):
             run(archs[i % len(archs)])
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    averages = prof.key_averages(group_by_input_shape=shapes)
+    if shapes:
+        return averages.table(sort_by="self_cpu_time_total", row_limit=2 * rows, max_name_column_width=32,
+                              max_shapes_column_width=120)
+    return averages.table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 def main() -> None:
@@ -280,6 +285,7 @@ def main() -> None:
     ap.add_argument("--gemm", type=int, default=2048, help="matrix size of the GEMM peak")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="after the timing, print torch.profiler's top ops over N more calls of each variant")
+    ap.add_argument("--shapes", action="store_true", help="with --profile: a row per op and input shapes")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -310,7 +316,7 @@ def main() -> None:
             if args.profile:
                 for label, run in runs.items():
                     print(f"{name}, {label}: the ops over {args.profile} calls\n"
-                          f"{profile_table(run, archs, args.profile)}", flush=True)
+                          f"{profile_table(run, archs, args.profile, args.shapes)}", flush=True)
             mean_flops = statistics.mean(flops[archs[i % len(archs)]] for i in range(reps))
             for v in variants:
                 q1, med, q3 = quartiles(times[v.label])

@@ -71,9 +71,9 @@ def test_the_cut_keeps_only_taps_that_read_a_pixel():
 
 
 def test_shortcuts_are_taken_where_they_pay(monkeypatch):
-    """A 7x7 depthwise conv of a 1x1 map is a per-channel scale (no convolution at all), of a 2x2 map a 3x3
-    one; a 1x1 conv of a small channels-last map runs as a matrix product in training (no convolution), of a
-    large one as a convolution."""
+    """A 7x7 depthwise conv of a 1x1 map runs as a 1x1 one, of a 2x2 map as a 3x3 one; a 1x1 conv of a small
+    channels-last map runs as a matrix product in training (no convolution at all), of a large one as a
+    convolution."""
     calls, real = [], F.conv2d
     monkeypatch.setattr(F, "conv2d", lambda x, w, *a: calls.append(tuple(w.shape)) or real(x, w, *a))
     dw, _ = _pair(8, 8, 7, 1, 8)
@@ -84,15 +84,14 @@ def test_shortcuts_are_taken_where_they_pay(monkeypatch):
     pw(_input((2, 8, 64, 64), "channels_last"))
     with torch.no_grad():  # inference: the product gains nothing there
         pw(_input((2, 8, 3, 3), "channels_last"))
-    assert calls == [(8, 1, 3, 3), (8, 8, 1, 1), (8, 8, 1, 1)]
+    assert calls == [(8, 1, 1, 1), (8, 1, 3, 3), (8, 8, 1, 1), (8, 8, 1, 1)]
 
 
 @pytest.mark.parametrize("kernel, stride, size, expected", [
-    (3, 1, 2, True), (3, 1, 4, False), (3, 2, 4, False), (5, 2, 8, True), (7, 2, 4, True), (7, 1, 9, True),
-    (7, 1, 1, False)])
+    (3, 1, 2, False), (3, 1, 4, False), (3, 2, 4, False), (5, 2, 8, True), (7, 2, 4, True), (7, 1, 9, True),
+    (7, 1, 2, False), (7, 1, 1, False)])
 def test_the_weight_gradient_is_a_depthwise_convolution_where_that_pays(kernel, stride, size, expected, monkeypatch):
-    """Large kernels at stride 1 or 2 and 3x3 kernels on maps of at most 2x2 (see model/conv.py), in
-    training only; a 1x1 map is a per-channel scale instead."""
+    """Kernels of 25 taps or more (after the cut) at stride 1 or 2, in training only (see model/conv.py)."""
     taken = []
     real_apply = conv_module._DepthwiseConv.apply
     monkeypatch.setattr(conv_module._DepthwiseConv, "apply", lambda *a: taken.append(1) or real_apply(*a))

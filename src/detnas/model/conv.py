@@ -11,12 +11,11 @@ The same parameters, state_dict, FLOPs and results (to float rounding); only how
 - **The weight gradient of a depthwise kernel is one depthwise convolution** of the input with the
   output's gradient as the kernels (an ``(image, channel)`` pair per group), dilated by the stride and
   summed over the images; its input gradient is oneDNN's. oneDNN's own weight gradient is slow for
-  large kernels and for tiny maps: a 6x6 (cut) stride-2 kernel on the supernet's 4x4 maps took 1.7 ms
-  forward + backward, 0.53 ms this way. It is used for kernels of 25 taps or more (5x5 and up, stride 1
-  or 2: 1.1-3.9x as fast on the 32 px supernet's maps and the demo detector's) and for 3x3, stride 1 on
-  maps of at most 2x2 (1.2-2.2x); 3x3 on larger maps and at stride 2 was slower (0.3-0.6x).
-- **A depthwise kernel cut to its centre tap (any kernel on a 1x1 map) is a per-channel scale**, computed
-  as one: the same products, and forward + backward 5x as fast as the convolution.
+  large kernels: a 6x6 (cut) stride-2 kernel on the supernet's 4x4 maps took 1.7 ms forward + backward,
+  0.53 ms this way. It is used for kernels of 25 taps or more (5x5 and up, stride 1 or 2: 1.1-3.9x as
+  fast on the 32 px supernet's maps and the demo detector's); 3x3 kernels were slower this way (0.3-0.6x)
+  except on maps of at most 2x2 (1.2-2.2x), which are left to oneDNN: see BENCHMARKS.md ("Depthwise
+  weight gradients") for why a change of rounding in the supernet's first steps is not free.
 - **Kernel taps that only ever read the zero padding are cut off.** A 7x7 kernel on a 1x1 map is a
   per-channel scale; on a 2x2 map only its central 3x3 taps touch a pixel. The conv runs with the
   taps that do, and the padding that keeps the output size (the gradient of the cut taps is zero, as it
@@ -80,14 +79,12 @@ class _DepthwiseConv(torch.autograd.Function):
 
 class _Plan(NamedTuple):
     """How ``LeanConv2d`` computes one input size: the kernel's taps kept (``None``: all) and the padding
-    that goes with them; whether it is a 1x1 conv, a depthwise one whose weight gradient is better computed
-    by ``_DepthwiseConv``, or a depthwise one that is a per-channel scale."""
+    that goes with them, and whether it is a 1x1 conv or a depthwise one with a large (cut) kernel."""
 
     taps: tuple[slice, slice] | None
     padding: tuple[int, int]
     pointwise: bool
-    depthwise_grad: bool
-    scale: bool
+    large_depthwise: bool
 
 
 class LeanConv2d(nn.Conv2d):
@@ -109,12 +106,9 @@ class LeanConv2d(nn.Conv2d):
         else:
             taps = (slice(top, bottom + 1), slice(left, right + 1))
         pointwise = self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0) and self.groups == 1
-        depthwise = self.groups == self.in_channels == self.out_channels and self.bias is None
-        scale = depthwise and (height, width) == (1, 1) and cut == (1, 1) and padding == (0, 0)
-        depthwise_grad = depthwise and not scale and (
-            (cut[0] * cut[1] >= 25 and self.stride in ((1, 1), (2, 2)))
-            or (cut == (3, 3) and self.stride == (1, 1) and height * width <= 4))
-        return _Plan(taps, padding, pointwise, depthwise_grad, scale)
+        large_depthwise = (self.groups == self.in_channels == self.out_channels and self.bias is None
+                           and self.stride in ((1, 1), (2, 2)) and cut[0] * cut[1] >= 25)
+        return _Plan(taps, padding, pointwise, large_depthwise)
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if (x.device.type != "cpu" or x.dim() != 4 or torch.is_autocast_enabled("cpu") or torch.jit.is_tracing()
@@ -133,9 +127,7 @@ class LeanConv2d(nn.Conv2d):
             return super()._conv_forward(x, weight, bias)
         if plan.taps is not None:
             weight = weight[:, :, plan.taps[0], plan.taps[1]]
-        if plan.scale:  # one product per output, as the convolution computes it
-            return x * weight.view(1, -1, 1, 1)
-        if plan.depthwise_grad and wants_grad and x.is_contiguous(memory_format=torch.channels_last):
+        if plan.large_depthwise and wants_grad and x.is_contiguous(memory_format=torch.channels_last):
             return _DepthwiseConv.apply(x, weight, self.stride, plan.padding)
         if plan.taps is None:
             return super()._conv_forward(x, weight, bias)
