@@ -72,27 +72,41 @@ def test_a_killed_pipeline_takes_its_stages_with_it(tmp_path):
     orphan would keep its stage's folder locked."""
     from detnas.stages.run_lock import _alive
 
-    pid_file = tmp_path / "stage.pid"
+    pid_files = [tmp_path / "a.pid", tmp_path / "b.pid"]
     script = ("import sys; from functools import partial; from pathlib import Path; import test_lanes as t\n"
               "if __name__ == '__main__':\n"
-              f"    stage = t.Stage('s', Path({str(tmp_path)!r}), partial(t.write_pid_and_wait, Path({str(pid_file)!r})))\n"
-              "    t.run_side_by_side([stage, stage], 2, lambda s: None, lambda s: None)\n")
+              f"    stages = [t.Stage(p.stem, Path({str(tmp_path)!r}), partial(t.write_pid_and_wait, p))\n"
+              f"              for p in map(Path, {[str(p) for p in pid_files]!r})]\n"
+              "    t.run_side_by_side(stages, 2, lambda s: None, lambda s: None)\n")
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent)
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not pid_file.exists():
+        while time.monotonic() < deadline and not all(p.exists() for p in pid_files):
             time.sleep(0.1)
-        assert pid_file.exists(), "the stage never started"
-        time.sleep(0.2)  # the pid is written whole
-        stage = int(pid_file.read_text())
+        assert all(p.exists() for p in pid_files), "the stages never started"
+        time.sleep(0.2)  # the pids are written whole
+        stages = [int(p.read_text()) for p in pid_files]
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _alive(stage):
+        while time.monotonic() < deadline and any(map(_alive, stages)):
             time.sleep(0.1)
-        assert not _alive(stage), "the stage's process outlived the killed pipeline"
+        assert not any(map(_alive, stages)), "a stage's process outlived the killed pipeline"
     finally:
         parent.kill()
+
+
+def test_a_stage_that_starts_after_the_pipeline_was_killed_ends_at_once():
+    """The race of the test above: kill -9 of the pipeline while a stage is still starting (importing
+    torch); when the stage gets to run, its parent is already another process."""
+    script = ("import multiprocessing as mp, time; from detnas.stages.lanes import _lane_main\n"
+              "_, send = mp.Pipe(duplex=False)\n"  # started by a pipeline that is gone: its parent is this test
+              f"_lane_main(send, 'stage', lambda: time.sleep(60), 1, 2, pipeline={os.getppid()})\n")
+    child = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        child.kill()
 
 
 def test_output_lines_carry_the_stage_name():

@@ -75,7 +75,7 @@ def run_side_by_side(stages: list[Stage], lanes: int, on_start: Callable[[Stage]
             while pending and len(running) < lanes and failure is None and not stopped and not forwarded:
                 stage = pending.pop(0)
                 receive, send = ctx.Pipe(duplex=False)
-                process = ctx.Process(target=_lane_main, args=(send, stage.name, stage.fn, threads, lanes),
+                process = ctx.Process(target=_lane_main, args=(send, stage.name, stage.fn, threads, lanes, os.getpid()),
                                       name=f"detnas {stage.name}")
                 on_start(stage)
                 process.start()
@@ -130,11 +130,13 @@ def _outcome(conn: Connection, stage: Stage, process) -> BaseException | None:
 _USER_ERRORS = {"WriteError": WriteError, "ArchError": ArchError, "UserError": UserError}
 
 
-def _lane_main(conn: Connection, name: str, fn: Callable[[], None], threads: int, lanes: int) -> None:
-    """A stage in its own process: its output lines prefixed with its name, its outcome sent back."""
+def _lane_main(conn: Connection, name: str, fn: Callable[[], None], threads: int, lanes: int,
+               pipeline: int) -> None:
+    """A stage in its own process: its output lines prefixed with its name, its outcome sent back;
+    ``pipeline``: the pid of the process that started it."""
     from detnas.stages import run_guard
 
-    _die_with(os.getppid())
+    _die_with(pipeline)
     torch.set_num_threads(threads)
     # data loader workers: the lane's share of the CPUs, started the platform's usual way (a spawned
     # process would spawn them too, each importing torch again: 20 s per stage in the demo)
@@ -159,8 +161,10 @@ def _lane_main(conn: Connection, name: str, fn: Callable[[], None], threads: int
 
 
 def _die_with(parent: int) -> None:
-    """End this process at once when the pipeline's process is gone (killed with -9, out of memory), as
-    it would have ended had the stage run inside it: an orphan would hold the stage's folder."""
+    """End this process at once when the pipeline's process ``parent`` is gone (killed with -9, out of
+    memory), as it would have ended had the stage run inside it: an orphan would hold the stage's folder.
+    ``parent`` comes from the pipeline, not ``os.getppid()``: a stage still importing torch when the
+    pipeline was killed already has another parent when it gets here, and ends at once."""
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
