@@ -73,6 +73,17 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def _resume_to_the_same_run(run, out: Path) -> None:
+    """``--resume`` the stopped run in ``out``: it must end as the run never interrupted."""
+    resumed = run(out, "--resume")
+    try:
+        _, err = resumed.communicate(timeout=300)
+    finally:
+        _stop(resumed)
+    assert resumed.returncode == 0, err[-3000:]
+    assert_same_run(run.whole, out)
+
+
 def _interrupt(proc: subprocess.Popen, out: Path, rank: int, signum: int) -> int:
     """Send ``signum`` to worker ``rank`` once the run saved a checkpoint; returns its pid."""
     _wait_for(lambda: (out / "checkpoint.pt").exists() and len(_workers(proc.pid)) == 2, proc)
@@ -98,13 +109,7 @@ def test_sigterm_to_torchrun_stops_both_workers_at_the_same_step(run, tmp_path):
     assert err.count("detnas: stopped by SIGTERM: pretrain: checkpoint of ") == 1, err[-3000:]
     assert f"detnas: stopped by SIGTERM: pretrain: checkpoint of step {step} of {ITERS}" in err, err[-3000:]
     assert "exitcode  : 75" in err or "exit code 75" in err, err[-3000:]
-    resumed = run(out, "--resume")
-    try:
-        _, err = resumed.communicate(timeout=300)
-    finally:
-        _stop(resumed)
-    assert resumed.returncode == 0, err[-3000:]
-    assert_same_run(run.whole, out)
+    _resume_to_the_same_run(run, out)
 
 
 @pytest.mark.slow  # two torchrun jobs of 2 workers, one of them restarted
@@ -151,13 +156,7 @@ def test_a_hung_worker_stops_the_other_within_the_timeout_and_the_run_resumes(ru
     # timeout then ran out a little under 8 s after the stop (7.9998 s was seen)
     assert "(with --resume for a single stage)" in line and 7 <= waited < 30, (waited, line)
     assert proc.returncode != 0
-    resumed = run(out, "--resume")
-    try:
-        _, err = resumed.communicate(timeout=300)
-    finally:
-        _stop(resumed)
-    assert resumed.returncode == 0, err[-3000:]
-    assert_same_run(run.whole, out)
+    _resume_to_the_same_run(run, out)
 
 
 @pytest.mark.parametrize("raw, seconds", [("", None), ("90", 90.0), (" 2.5 ", 2.5)])
