@@ -24,7 +24,7 @@ class ClassificationTransform:
     """A PIL image to a normalized float32 CHW tensor, after optional PIL geometry (torchvision v2
     transforms). The same numbers as ``v2.Compose([*geometry, ToImage(), ToDtype(float32, scale=True),
     Normalize(MEAN, STD)])``, in four tensor operations: v2's per-transform dispatch cost more than the
-    arithmetic on a 32 px image (0.1-0.2 ms a sample, most of the demo's data loading)."""
+    arithmetic on a 32 px image (0.09 of a demo sample's 0.38 ms, BENCHMARKS.md)."""
 
     def __init__(self, geometry: list[v2.Transform]):
         self.geometry = v2.Compose(geometry) if geometry else None

@@ -11,11 +11,11 @@ The same parameters, state_dict, FLOPs and results (to float rounding); only how
 - **The weight gradient of a depthwise kernel is one depthwise convolution** of the input with the
   output's gradient as the kernels (an ``(image, channel)`` pair per group), dilated by the stride and
   summed over the images; its input gradient is oneDNN's. oneDNN's own weight gradient is slow for
-  large kernels: a 6x6 (cut) stride-2 kernel on the supernet's 4x4 maps took 1.7 ms forward + backward,
-  0.53 ms this way. It is used for kernels of 25 taps or more (5x5 and up, stride 1 or 2: 1.1-3.9x as
-  fast on the 32 px supernet's maps and the demo detector's); 3x3 kernels were slower this way (0.3-0.6x)
-  except on maps of at most 2x2 (1.2-2.2x), which are left to oneDNN: see BENCHMARKS.md ("Depthwise
-  weight gradients") for why a change of rounding in the supernet's first steps is not free.
+  large kernels: a 6x6 (cut) stride-2 kernel on the supernet's 4x4 maps took 2.4 ms forward + backward,
+  1.3 ms this way. It is used for kernels of 25 taps or more, at stride 1 or 2: such layers' forward +
+  backward ran 1.05-2.1x as fast on the 32 px supernet's maps and the demo detector's. 3x3 kernels
+  stay with oneDNN: slower this way, except on maps of at most 2x2, and BENCHMARKS.md ("Depthwise
+  weight gradients") says why that gain was not taken.
 - **Kernel taps that only ever read the zero padding are cut off.** A 7x7 kernel on a 1x1 map is a
   per-channel scale; on a 2x2 map only its central 3x3 taps touch a pixel. The conv runs with the
   taps that do, and the padding that keeps the output size (the gradient of the cut taps is zero, as it
