@@ -190,7 +190,9 @@ def _run_stages(cfg: PipelineConfig, out: Path, stages: _Stages | _Plan) -> None
     if cfg.rank_check is not None:  # the searches' best and the baseline first, then draws
         rc_dir = out / RANK_CHECK_DIR
         include = [str(out / d / BEST_FILE) for d in SEARCH_DIRS.values() if (out / d).is_dir()]
-        rc_cfg = cfg.rank_check_config(ft_dir, include + ([arch_to_str(space.baseline)] if cfg.baseline else []), other_ft)
+        if cfg.baseline:
+            include.append(candidates["baseline"])
+        rc_cfg = cfg.rank_check_config(ft_dir, include, other_ft)
 
         def rank_check() -> None:
             # the retrainings above used the same recipe and seeds: reused, not repeated
