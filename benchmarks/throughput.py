@@ -3,7 +3,8 @@ GFLOP/s next to the machine's own float32 (and bf16, where the CPU has it) GEMM 
 same run; with ``--layout nchw,channels_last`` the memory layouts side by side, and their ratio
 (model/layout.py; ``+tvroi``: with torchvision's RoIAlign instead of model/roi_align.py; ``+torchconv``: with
 torch's ``nn.Conv2d`` and channel slicing instead of model/conv.py's ``LeanConv2d`` and the blocks' split;
-``@N``: N threads).
+``+compile``: in the training workloads, the detector's backbone + FPN (the classifier's ``classify``) through ``torch.compile``, which
+recompiles for every path, so compare it with ``--paths 1``, as a fixed network trains; ``@N``: N threads).
 
 Workloads (the demo's settings, from the packaged demo config through ``_common.demo_settings``; batches
 of the demo's own images; the real jobs' losses and ``train.train_step``):
@@ -31,6 +32,7 @@ the 25-75% range of those paired ratios. Data loading is not timed (batches are 
     .venv/bin/python benchmarks/throughput.py --layout nchw+tvroi+torchconv,channels_last+torchconv,channels_last
     .venv/bin/python benchmarks/throughput.py --layout channels_last@1,channels_last@2 --workloads pretrain32
     .venv/bin/python benchmarks/throughput.py --layout channels_last@1 --workloads finetune128 --profile 4 [--shapes]
+    .venv/bin/python benchmarks/throughput.py --layout channels_last@1,channels_last+compile@1 --paths 1
 """
 
 from __future__ import annotations
@@ -100,18 +102,20 @@ class TorchSplitBlock(ChoiceBlock):
 class Variant:
     """What is compared: a layout (``nchw``, ``channels_last``, ``auto``), with ``+tvroi`` torchvision's own
     ``MultiScaleRoIAlign`` in the detector instead of ours, with ``+torchconv`` torch's ``nn.Conv2d`` and
-    channel slicing in the blocks (``nchw+tvroi+torchconv``: the code before all three), with ``@N`` N
+    channel slicing in the blocks (``nchw+tvroi+torchconv``: the code before all three), with ``+compile``
+    ``torch.compile`` (compiled during the warm-up, whose time is not in the table), with ``@N`` N
     intra-op threads (else torch's default)."""
 
     def __init__(self, text: str, again: bool = False):
         text, _, threads = text.partition("@")
         layout, *options = text.split("+")
-        if not set(options) <= {"tvroi", "torchconv"} or not (threads == "" or threads.isdigit()):
-            raise SystemExit(f"--layout {text}: expected LAYOUT[+tvroi][+torchconv][@THREADS]")
+        if not set(options) <= {"tvroi", "torchconv", "compile"} or not (threads == "" or threads.isdigit()):
+            raise SystemExit(f"--layout {text}: expected LAYOUT[+tvroi][+torchconv][+compile][@THREADS]")
         self.layout, self.threads = resolve_layout(layout), int(threads or 0)
-        self.tv_roi, self.torch_conv = "tvroi" in options, "torchconv" in options
+        self.tv_roi, self.torch_conv, self.compile = "tvroi" in options, "torchconv" in options, "compile" in options
         self.label = (self.layout + (", torchvision RoIAlign" if self.tv_roi else "")
                       + (", torch's conv and slicing" if self.torch_conv else "")
+                      + (", torch.compile" if self.compile else "")
                       + (f", {self.threads} thread(s)" if self.threads else "") + (" (again)" if again else ""))
 
     def timed(self, run):
@@ -130,7 +134,14 @@ class Variant:
 
     def model(self, model: torch.nn.Module) -> torch.nn.Module:
         """A copy of ``model`` in this variant."""
-        return self.convert(apply_layout(copy.deepcopy(model), setting=self.layout))
+        model = self.convert(apply_layout(copy.deepcopy(model), setting=self.layout))
+        if not self.compile:
+            return model
+        if hasattr(model, "backbone"):  # torchvision's detection losses, sampling and NMS stay eager
+            model.backbone = torch.compile(model.backbone, dynamic=False)
+        else:  # what the classification job calls
+            model.classify = torch.compile(model.classify, dynamic=False)
+        return model
 
     def convert(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` (changed in place) with this variant's RoIAlign, convolutions and channel split."""
