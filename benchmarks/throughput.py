@@ -3,8 +3,9 @@ GFLOP/s next to the machine's own float32 (and bf16, where the CPU has it) GEMM 
 same run; with ``--layout nchw,channels_last`` the memory layouts side by side, and their ratio
 (model/layout.py; ``+tvroi``: with torchvision's RoIAlign instead of model/roi_align.py; ``+torchconv``: with
 torch's ``nn.Conv2d`` and channel slicing instead of model/conv.py's ``LeanConv2d`` and the blocks' split;
-``+compile``: in the training workloads, the detector's backbone + FPN (the classifier's ``classify``) through ``torch.compile``, which
-recompiles for every path, so compare it with ``--paths 1``, as a fixed network trains; ``@N``: N threads).
+``+compile``: in the training workloads, the detector's backbone + FPN (the classifier's ``classify``)
+through ``torch.compile``, which recompiles for every path, so compare it with ``--paths 1``, as a fixed
+network trains; ``@N``: N threads).
 
 Workloads (the demo's settings, from the packaged demo config through ``_common.demo_settings``; batches
 of the demo's own images; the real jobs' losses and ``train.train_step``):
