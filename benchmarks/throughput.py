@@ -5,7 +5,8 @@ same run; with ``--layout nchw,channels_last`` the memory layouts side by side, 
 torch's ``nn.Conv2d`` and channel slicing instead of model/conv.py's ``LeanConv2d`` and the blocks' split;
 ``+compile``: in the training workloads, the detector's backbone + FPN (the classifier's ``classify``)
 through ``torch.compile``, which recompiles for every path, so compare it with ``--paths 1``, as a fixed
-network trains; ``@N``: N threads).
+network trains; ``+foldbn``: in ``evaluate``, each conv + BN of the recalibrated candidate folded into
+one conv (torch's ``fuse_conv_bn_eval``) before it detects; ``@N``: N threads).
 
 Workloads (the demo's settings, from the packaged demo config through ``_common.demo_settings``; batches
 of the demo's own images; the real jobs' losses and ``train.train_step``):
@@ -34,6 +35,7 @@ the 25-75% range of those paired ratios. Data loading is not timed (batches are 
     .venv/bin/python benchmarks/throughput.py --layout channels_last@1,channels_last@2 --workloads pretrain32
     .venv/bin/python benchmarks/throughput.py --layout channels_last@1 --workloads finetune128 --profile 4 [--shapes]
     .venv/bin/python benchmarks/throughput.py --layout channels_last@1,channels_last+compile@1 --paths 1
+    .venv/bin/python benchmarks/throughput.py --layout channels_last@1,channels_last+foldbn@1 --workloads evaluate
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.misc import ConvNormActivation
 
 from _common import SOURCE, demo_finetune, demo_pretrain_batch, demo_settings, quartiles, training_paths
 from detnas.data.detection import collate
@@ -104,19 +108,21 @@ class Variant:
     """What is compared: a layout (``nchw``, ``channels_last``, ``auto``), with ``+tvroi`` torchvision's own
     ``MultiScaleRoIAlign`` in the detector instead of ours, with ``+torchconv`` torch's ``nn.Conv2d`` and
     channel slicing in the blocks (``nchw+tvroi+torchconv``: the code before all three), with ``+compile``
-    ``torch.compile`` (compiled during the warm-up, whose time is not in the table), with ``@N`` N
+    ``torch.compile`` (compiled during the warm-up, whose time is not in the table), with ``+foldbn`` a
+    candidate's BN folded, with ``@N`` N
     intra-op threads (else torch's default)."""
 
     def __init__(self, text: str, again: bool = False):
         text, _, threads = text.partition("@")
         layout, *options = text.split("+")
-        if not set(options) <= {"tvroi", "torchconv", "compile"} or not (threads == "" or threads.isdigit()):
-            raise SystemExit(f"--layout {text}: expected LAYOUT[+tvroi][+torchconv][+compile][@THREADS]")
+        if not set(options) <= {"tvroi", "torchconv", "compile", "foldbn"} or not (threads == "" or threads.isdigit()):
+            raise SystemExit(f"--layout {text}: expected LAYOUT[+tvroi][+torchconv][+compile][+foldbn][@THREADS]")
         self.layout, self.threads = resolve_layout(layout), int(threads or 0)
         self.tv_roi, self.torch_conv, self.compile = "tvroi" in options, "torchconv" in options, "compile" in options
+        self.fold_bn = "foldbn" in options
         self.label = (self.layout + (", torchvision RoIAlign" if self.tv_roi else "")
                       + (", torch's conv and slicing" if self.torch_conv else "")
-                      + (", torch.compile" if self.compile else "")
+                      + (", torch.compile" if self.compile else "") + (", BN folded" if self.fold_bn else "")
                       + (f", {self.threads} thread(s)" if self.threads else "") + (" (again)" if again else ""))
 
     def timed(self, run):
@@ -236,9 +242,19 @@ def evaluate_case(demo, archs_from, n_paths: int, eval_images: int, tmp: Path):
             with _layout(variant.layout):  # the extracted path's layout (model/layout.py)
                 sub = variant.convert(apply_layout(extract_detector(model, arch, n_classes, det)))
             recalibrate_bn(sub, detector_backbone_forward(sub), recalib)
-            predict_batches(sub, evals)
+            predict_batches(fold_batchnorm(sub) if variant.fold_bn else sub, evals)
         return candidate
     return make, {a: n_recalib * flops[a][0] + eval_images * flops[a][2] for a in archs}, n_recalib + eval_images
+
+
+@torch.no_grad()
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in eval mode with each conv + BN block's BN folded into the conv (changed in place)."""
+    model.eval()
+    for block in model.modules():
+        if isinstance(block, ConvNormActivation) and len(block) > 1 and isinstance(block[1], torch.nn.BatchNorm2d):
+            block[0], block[1] = fuse_conv_bn_eval(block[0], block[1]), torch.nn.Identity()
+    return model
 
 
 @contextlib.contextmanager
