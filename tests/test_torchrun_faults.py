@@ -8,9 +8,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -171,6 +174,22 @@ def test_a_bad_collective_timeout_is_one_line(monkeypatch, raw):
     monkeypatch.setenv("DETNAS_DIST_TIMEOUT", raw)
     with pytest.raises(UserError, match=f"DETNAS_DIST_TIMEOUT={raw}: expected a number of seconds above 0"):
         D.collective_timeout()
+
+
+def test_a_worker_whose_process_ends_just_after_its_connection_closed_is_named(monkeypatch):
+    """A worker killed with -9 closes its sockets before its process ends: the survivor's collective can fail
+    while the dead worker still looks alive (seen in CI: "lost the connection" instead of its rank and pid)."""
+    store = D.dist.HashStore()
+    ending = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    try:
+        store.set("worker/1", json.dumps({"host": socket.gethostname(), "pid": ending.pid}))
+        monkeypatch.setattr(D._Group, "store", store)
+        monkeypatch.setattr(D, "get_rank", lambda: 0)
+        monkeypatch.setattr(D, "get_world_size", lambda: 2)
+        assert D._gone_workers() == [f"rank 1 (pid {ending.pid})"]
+    finally:
+        ending.kill()
+        ending.wait()
 
 
 def test_outside_a_process_group_no_error_is_a_lost_worker():

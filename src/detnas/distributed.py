@@ -9,6 +9,7 @@ import math
 import os
 import re
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -138,10 +139,11 @@ def lost_worker(e: BaseException) -> str | None:
             "N: the restarted workers resume by themselves")
 
 
-def _gone_workers() -> list[str]:
+def _gone_workers(wait: float = 2.0) -> list[str]:
     """The other workers on this host whose process ended, as "rank R (pid P)", from the pids they wrote
-    in the store (none known if the store went with its host)."""
-    gone = []
+    in the store (none known if the store went with its host). A killed process closes its connections
+    before it ends, so a peer that is still running is looked at again for up to ``wait`` seconds."""
+    pids = {}
     try:
         _Group.store.set_timeout(timedelta(seconds=5))
         for rank in range(get_world_size()):
@@ -149,11 +151,16 @@ def _gone_workers() -> list[str]:
             if rank == get_rank() or not _Group.store.check([key]):
                 continue
             worker = json.loads(_Group.store.get(key))
-            if worker["host"] == socket.gethostname() and not _running(worker["pid"]):
-                gone.append(f"rank {rank} (pid {worker['pid']})")
+            if worker["host"] == socket.gethostname():
+                pids[rank] = worker["pid"]
     except Exception:  # noqa: BLE001 - the store is gone or unreadable: nothing known
-        return gone
-    return gone
+        return []
+    deadline = time.monotonic() + wait
+    while True:
+        gone = [f"rank {rank} (pid {pid})" for rank, pid in pids.items() if not _running(pid)]
+        if gone or not pids or time.monotonic() >= deadline:
+            return gone
+        time.sleep(0.05)
 
 
 def _running(pid: int) -> bool:
