@@ -70,7 +70,7 @@ def write_pid_and_wait(path: Path) -> None:
 def test_a_killed_pipeline_takes_its_stages_with_it(tmp_path):
     """kill -9 of the process that runs stages side by side (an out-of-memory kill) ends them too: an
     orphan would keep its stage's folder locked."""
-    from detnas.stages.run_lock import _alive
+    from detnas.distributed import process_running
 
     pid_files = [tmp_path / "a.pid", tmp_path / "b.pid"]
     script = ("import sys; from functools import partial; from pathlib import Path; import test_lanes as t\n"
@@ -89,9 +89,9 @@ def test_a_killed_pipeline_takes_its_stages_with_it(tmp_path):
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(map(_alive, stages)):
+        while time.monotonic() < deadline and any(map(process_running, stages)):
             time.sleep(0.1)
-        assert not any(map(_alive, stages)), "a stage's process outlived the killed pipeline"
+        assert not any(map(process_running, stages)), "a stage's process outlived the killed pipeline"
     finally:
         parent.kill()
 

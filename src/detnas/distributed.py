@@ -157,14 +157,15 @@ def _gone_workers(wait: float = 2.0) -> list[str]:
         return []
     deadline = time.monotonic() + wait
     while True:
-        gone = [f"rank {rank} (pid {pid})" for rank, pid in pids.items() if not _running(pid)]
+        gone = [f"rank {rank} (pid {pid})" for rank, pid in pids.items() if not process_running(pid)]
         if gone or not pids or time.monotonic() >= deadline:
             return gone
         time.sleep(0.05)
 
 
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, ended but not yet reaped by torchrun, does not)."""
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host. A zombie (ended, not yet reaped: torchrun's dead workers
+    for a moment, a container's init perhaps for ever) does not; another user's process does."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from detnas.config.runs import LOCK_FILE
-from detnas.distributed import init_distributed, is_main, on_main
+from detnas.distributed import init_distributed, is_main, on_main, process_running
 from detnas.errors import UserError, writing
 
 _held: dict[Path, int] = {}  # folders this process holds, with how many nested holds
@@ -61,19 +61,6 @@ def _command() -> str:
     return " ".join(["detnas" if is_detnas else sys.argv[0], *sys.argv[1:]])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    try:  # a zombie (ended, not yet reaped: a container's init may never reap it) holds nothing
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def describe(holder: dict) -> str:
     return (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')} "
             f"({holder.get('command') or 'unknown command'})")
@@ -88,7 +75,7 @@ def stale_because(holder: dict) -> str | None:
             return f"it was an earlier attempt of this {name} ({job}, restart {theirs[name][1]})"
     if holder.get("host") != me["host"] or not isinstance(holder.get("pid"), int):
         return None
-    if not _alive(holder["pid"]):
+    if not process_running(holder["pid"]):
         return "its process is gone"
     started = holder.get("process_start")
     if started is not None and _process_start(holder["pid"]) not in (None, started):
