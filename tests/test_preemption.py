@@ -142,6 +142,11 @@ def _wait_for(condition, proc: subprocess.Popen, timeout: float = 240) -> None:
     assert proc.poll() is None, f"the run ended before the signal: {proc.stderr.read()[-2000:]}"
 
 
+def _wait_for_log_lines(out: Path, lines: int, proc: subprocess.Popen) -> None:
+    """Until the run in ``out`` has logged ``lines`` lines (or ended)."""
+    _wait_for(lambda: (out / "log.jsonl").exists() and (out / "log.jsonl").read_text().count("\n") >= lines, proc)
+
+
 def test_sigterm_to_the_cli_exits_75_and_resume_ends_as_an_uninterrupted_run(data, tmp_path, cli_here):
     cfg = config("pretrain", data, iters=16)
     cfg["logging"]["checkpoint_every"] = 100
@@ -151,7 +156,7 @@ def test_sigterm_to_the_cli_exits_75_and_resume_ends_as_an_uninterrupted_run(dat
     proc = subprocess.Popen([*DETNAS, "pretrain", "--config", str(cfg_file), "--out", str(out)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: (out / "log.jsonl").exists() and (out / "log.jsonl").read_text().count("\n") >= 2, proc)
+        _wait_for_log_lines(out, 2, proc)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:

@@ -23,7 +23,7 @@ import pytest
 from cli_checks import ENV, TORCHRUN
 from detnas import distributed as D
 from detnas.errors import UserError
-from test_preemption import _wait_for, config, data  # noqa: F401 - data is a fixture
+from test_preemption import _wait_for, _wait_for_log_lines, config, data  # noqa: F401 - data is a fixture
 from test_train import assert_same_run, read_ckpt, write_yaml
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -100,7 +100,7 @@ def test_sigterm_to_torchrun_stops_both_workers_at_the_same_step(run, tmp_path):
     out = tmp_path / "stopped"
     proc = run(out)
     try:
-        _wait_for(lambda: (out / "log.jsonl").exists() and (out / "log.jsonl").read_text().count("\n") >= 2, proc)
+        _wait_for_log_lines(out, 2, proc)
         proc.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to its workers
         _, err = proc.communicate(timeout=120)
     finally:
