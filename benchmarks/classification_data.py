@@ -12,15 +12,10 @@ import argparse
 import time
 
 import torch
-from torchvision.transforms import v2
 
-from _common import demo_settings, quartiles
-from detnas.data.classification import MEAN, STD, ImageFolderDataset, classification_transform
-
-
-def v2_compose(ours) -> v2.Compose:
-    return v2.Compose([*ours.geometry.transforms, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(MEAN, STD)])
+from _common import demo_settings, quartiles  # also puts tests/ on the path
+from detnas.data.classification import ImageFolderDataset, classification_transform
+from test_data_classification import v2_compose  # the reference the test holds the transform to
 
 
 def ms_per_sample(dataset: ImageFolderDataset, samples: int) -> float:

@@ -63,14 +63,21 @@ def test_corrupt_image_found_at_construction_truncated_one_when_loaded(tmp_path)
     _error(lambda: ds[1], "cannot decode image", root / "a" / "1.png")
 
 
+def v2_compose(transform) -> v2.Compose:
+    """The torchvision v2 pipeline that ``transform`` (a ``ClassificationTransform``) stands for: its geometry,
+    then v2's tensor conversion and normalization (also the benchmark's reference,
+    ``benchmarks/classification_data.py``)."""
+    return v2.Compose([*transform.geometry.transforms, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(MEAN, STD)])
+
+
 @pytest.mark.parametrize("train, flip", [(True, False), (True, True), (False, False)])
 def test_the_transform_gives_torchvision_v2_pipelines_numbers(train, flip):
     """``ClassificationTransform`` skips v2's per-transform dispatch for the tensor conversion: the same
     tensors, bit for bit and stride for stride, as the v2 Compose it replaces, under the same seeds."""
     rng = np.random.default_rng(0)
     ours = classification_transform(16, train, flip)
-    reference = v2.Compose([*ours.geometry.transforms, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                            v2.Normalize(MEAN, STD)])
+    reference = v2_compose(ours)
     for seed, (w, h) in enumerate([(40, 36), (16, 16), (11, 30), (64, 20)]):
         image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         torch.manual_seed(seed)
