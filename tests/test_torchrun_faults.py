@@ -33,14 +33,15 @@ ITERS = 16
 def _workers(torchrun: int) -> dict[int, int]:
     """torchrun's workers as {rank: pid} (from /proc: Linux)."""
     workers = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != torchrun:
-                continue
-            env = dict(v.split("=", 1) for v in (stat.parent / "environ").read_text().split("\0") if "=" in v)
-        except (OSError, IndexError):  # the process ended while we looked
+    for proc in Path("/proc").glob("[0-9]*"):
+        stat = D.process_stat(int(proc.name))
+        if stat is None or int(stat[1]) != torchrun:
             continue
-        workers[int(env["RANK"])] = int(stat.parent.name)
+        try:
+            env = dict(v.split("=", 1) for v in (proc / "environ").read_text().split("\0") if "=" in v)
+        except OSError:  # the process ended while we looked
+            continue
+        workers[int(env["RANK"])] = int(proc.name)
     return workers
 
 

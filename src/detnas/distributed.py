@@ -172,10 +172,17 @@ def process_running(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    stat = process_stat(pid)
+    return stat is None or stat[0] not in ("Z", "X")
+
+
+def process_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (which may hold spaces and parentheses):
+    the state first, the parent's pid second, the start time 20th; None where unreadable."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return True
+        return None
 
 
 def barrier() -> None:

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from detnas.config.runs import LOCK_FILE
-from detnas.distributed import init_distributed, is_main, on_main, process_running
+from detnas.distributed import init_distributed, is_main, on_main, process_running, process_stat
 from detnas.errors import UserError, writing
 
 _held: dict[Path, int] = {}  # folders this process holds, with how many nested holds
@@ -33,11 +33,8 @@ _held: dict[Path, int] = {}  # folders this process holds, with how many nested 
 def _process_start(pid: int) -> str | None:
     """When process ``pid`` started (clock ticks since boot, from /proc), None where unknown: with
     the pid it names a process, where a pid alone may be reused."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[-1].split()[19]
+    stat = process_stat(pid)
+    return None if stat is None else stat[19]
 
 
 # (job id, restart count) of the schedulers that start a job again after it ended: an earlier
